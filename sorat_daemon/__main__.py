@@ -1,0 +1,3 @@
+from sorat_daemon.cli import main
+
+raise SystemExit(main())
