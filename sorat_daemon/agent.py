@@ -1,0 +1,238 @@
+"""The agent loop: model → tools → model, as a stream of events.
+
+It knows nothing of HTTP or Quart: it talks to a ``ModelClient`` and a ``Toolset`` and reports what
+happens as events, which the server turns into chunks or a whole completion. Every message it adds to
+the conversation goes to ``record`` as soon as it exists (the session store writes it at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sorat_daemon import wire
+from sorat_daemon.errors import ContextWindowExceeded
+from sorat_daemon.tools.registry import ToolContext, Toolset
+from sorat_daemon.types import JSON, Message, ModelCall, ModelClient, ToolCallDelta
+
+KEEPALIVE_S = 15.0
+
+# record(message, visible): visible is what the client saw of the message (None: nothing).
+Recorder = Callable[..., Awaitable[None]]
+
+
+@dataclass(slots=True)
+class Text:
+    text: str
+
+
+@dataclass(slots=True)
+class Reasoning:
+    text: str
+
+
+@dataclass(slots=True)
+class ToolCall:
+    """An internal tool call about to run (shown to the client per ``tool_events``)."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(slots=True)
+class KeepAlive:
+    """Tools are still running; nothing to say yet."""
+
+
+@dataclass(slots=True)
+class Done:
+    finish_reason: str  # stop | length | content_filter | tool_calls (client-declared tools only)
+    usage: JSON | None
+    message: Message  # what the client gets as choices[0].message in a whole answer
+
+
+Event = Text | Reasoning | ToolCall | KeepAlive | Done
+
+
+@dataclass(slots=True)
+class RunOptions:
+    model: str
+    stream: bool = True
+    params: JSON = field(default_factory=dict)
+    client_tools: list[JSON] = field(default_factory=list)
+    tool_choice: Any = None
+    max_iterations: int = 30
+    system_prompt: str = ""
+
+
+async def _nothing(message: Message, *, visible: Any = ...) -> None:
+    return None
+
+
+def drop_oldest_turn(messages: list[Message]) -> list[Message] | None:
+    """Drop the oldest turn (a user message and what answered it), keeping system messages and the
+    latest turn; None when only the latest turn is left."""
+    users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+    body = [i for i, m in enumerate(messages) if m.get("role") not in ("system", "developer")]
+    if len(users) < 2 or not body:
+        return None
+    start = body[0]
+    end = next(i for i in users if i > start)
+    return messages[:start] + messages[end:]
+
+
+def _client_names(tools: list[JSON]) -> set[str]:
+    return {t["function"]["name"] for t in tools if isinstance(t.get("function"), dict)}
+
+
+async def run(
+    model: ModelClient,
+    toolset: Toolset,
+    ctx: ToolContext,
+    conversation: list[Message],
+    opts: RunOptions,
+    record: Recorder = _nothing,
+) -> AsyncIterator[Event]:
+    """Run one request to its final answer, yielding events as they happen."""
+    messages = list(conversation)
+    if opts.system_prompt:
+        messages.insert(0, {"role": "system", "content": opts.system_prompt})
+    client_names = _client_names(opts.client_tools)
+    internal_specs = [s for s in toolset.specs() if s["function"]["name"] not in client_names]
+    tools = internal_specs + opts.client_tools
+    usage: JSON | None = None
+    rounds = 0
+    said: list[str] = []  # every piece of text the client saw, for the final message of a whole answer
+    reasoning_said: list[str] = []
+    while True:
+        last = rounds >= opts.max_iterations
+        tool_choice = "none" if (last and tools) else opts.tool_choice
+        call = ModelCall(opts.model, messages, tools or None, tool_choice, opts.params)
+        text: list[str] = []
+        reasoning: list[str] = []
+        acc = wire.ToolCallAccumulator()
+        finish = "stop"
+        answered = False
+        call_usage: JSON | None = None
+        try:
+            while True:
+                try:
+                    if opts.stream:
+                        async for d in model.stream(call):
+                            answered = True
+                            if d.content:
+                                text.append(d.content)
+                                yield Text(d.content)
+                            if d.reasoning:
+                                reasoning.append(d.reasoning)
+                                yield Reasoning(d.reasoning)
+                            if d.tool_calls:
+                                acc.add(d.tool_calls)
+                            if d.finish_reason:
+                                finish = d.finish_reason
+                            if d.usage:
+                                call_usage = d.usage  # the last one seen: some providers send it cumulatively
+                        usage = wire.add_usage(usage, call_usage)
+                        break
+                    result = await model.complete(call)
+                    answered = True
+                    msg = result.message
+                    if msg.get("content"):
+                        text.append(msg["content"])
+                        yield Text(msg["content"])
+                    if msg.get("reasoning_content"):
+                        reasoning.append(msg["reasoning_content"])
+                        yield Reasoning(msg["reasoning_content"])
+                    if msg.get("tool_calls"):
+                        acc.add(_as_deltas(msg["tool_calls"]))
+                    finish = result.finish_reason
+                    usage = wire.add_usage(usage, result.usage)
+                    break
+                except ContextWindowExceeded:
+                    if answered:
+                        raise
+                    shorter = drop_oldest_turn(call.messages)
+                    if shorter is None:
+                        raise
+                    call = ModelCall(opts.model, shorter, call.tools, call.tool_choice, opts.params)
+        except BaseException:
+            if text:  # what was said is kept, even when the provider or the client went away
+                partial = {"role": "assistant", "content": "".join(text)}
+                await asyncio.shield(record(partial, visible=partial))
+            raise
+        said.extend(text)
+        reasoning_said.extend(reasoning)
+        calls = acc.calls()
+        content = "".join(text)
+        if not calls or last:
+            final: Message = {"role": "assistant", "content": content}
+            if reasoning:
+                final["reasoning_content"] = "".join(reasoning)
+            await record(final, visible=final)
+            whole: Message = {"role": "assistant", "content": "".join(said)}
+            if reasoning_said:
+                whole["reasoning_content"] = "".join(reasoning_said)
+            yield Done("stop" if finish == "tool_calls" else finish, usage, whole)
+            return
+
+        assistant: Message = {"role": "assistant", "content": content or None, "tool_calls": calls}
+        if reasoning:
+            assistant["reasoning_content"] = "".join(reasoning)
+        internal = [c for c in calls if c["function"]["name"] not in client_names]
+        client = [c for c in calls if c["function"]["name"] in client_names]
+        if client:
+            visible: Message | None = {"role": "assistant", "content": content or None, "tool_calls": client}
+        else:
+            visible = {"role": "assistant", "content": content} if content else None
+        await record(assistant, visible=visible)
+        messages.append(assistant)
+
+        for c in internal:
+            yield ToolCall(c["id"], c["function"]["name"], c["function"]["arguments"])
+        async for event in _run_tools(toolset, ctx, internal, messages, record):
+            yield event
+
+        if client:
+            whole = {"role": "assistant", "content": "".join(said) or None, "tool_calls": client}
+            yield Done("tool_calls", usage, whole)
+            return
+        rounds += 1
+
+
+def _as_deltas(tool_calls: list[JSON]) -> list[ToolCallDelta]:
+    out = []
+    for i, c in enumerate(tool_calls):
+        fn = c.get("function") or {}
+        extra = {k: v for k, v in c.items() if k not in ("id", "type", "function", "index")} or None
+        out.append(ToolCallDelta(i, c.get("id"), fn.get("name"), fn.get("arguments") or "", extra))
+    return out
+
+
+async def _run_tools(
+    toolset: Toolset, ctx: ToolContext, calls: list[JSON], messages: list[Message], record: Recorder
+) -> AsyncIterator[Event]:
+    """Run one round's internal calls concurrently; results go to the conversation in call order."""
+    if not calls:
+        return
+    tasks = [
+        asyncio.ensure_future(toolset.call(c["function"]["name"], c["function"]["arguments"], ctx)) for c in calls
+    ]
+    try:
+        pending = set(tasks)
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=KEEPALIVE_S)
+            if pending:
+                yield KeepAlive()
+    finally:
+        unfinished = [t for t in tasks if not t.done()]
+        for t in unfinished:
+            t.cancel()  # the client went away: stop the tools (and their processes) before leaving
+        if unfinished:
+            await asyncio.wait(unfinished, timeout=5)
+    for c, t in zip(calls, tasks, strict=True):
+        result = {"role": "tool", "tool_call_id": c["id"], "content": t.result()}
+        await record(result, visible=None)
+        messages.append(result)

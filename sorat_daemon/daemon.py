@@ -1,0 +1,314 @@
+"""Runs the server: in the foreground (``sorat serve``) or on its own loop in a worker thread (the
+tray), with the watchers that apply config and token changes live, and a graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from sorat_daemon import config, tokens
+from sorat_daemon.paths import Home
+from sorat_daemon.state import StateHub
+from sorat_daemon.types import Message, ModelCall
+
+log = logging.getLogger("sorat.daemon")
+
+GRACEFUL_S = 5.0
+
+
+class StartError(Exception):
+    """The daemon cannot start; ``str()`` is the one line for the user."""
+
+
+class Runtime:
+    """The long-lived resources of a running daemon, shared by every request."""
+
+    def __init__(self, home: Home, settings: config.Settings, state: StateHub) -> None:
+        from sorat_daemon.providers import ProviderPool
+        from sorat_daemon.sessions import SessionStore
+        from sorat_daemon.titles import TitleWorker
+        from sorat_daemon.tools.manager import ToolManager
+
+        self.home = home
+        self.settings = settings
+        self.agent_settings = settings.agent
+        self.state = state
+        self.active_model = settings.agent.model
+        self.token = tokens.load_or_create(home.token)
+        self.pool = ProviderPool(settings, on_status=lambda msg: state.update(provider_error=msg))
+        self.store = SessionStore(home.sessions)
+        secret_names = {p.api_key_env for p in settings.providers if p.api_key_env}
+        self.tools = ToolManager(home, state, secret_env_names=secret_names)
+        self.titles = TitleWorker(self.store, self._generate_title)
+        self._watch: asyncio.Task[None] | None = None
+        self._ctx_cache: dict[str | None, Any] = {}
+
+    async def start(self) -> None:
+        await self.store.open()
+        await self.pool.start()
+        await self.tools.start()
+        await self.titles.start()
+        self._watch = asyncio.create_task(self._watch_files())
+        self.state.update(model=self.active_model, no_provider=self.pool.no_provider())
+
+    async def aclose(self) -> None:
+        if self._watch:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        await self.titles.aclose()
+        await self.tools.aclose()
+        await self.pool.aclose()
+        await self.store.close()
+
+    def tool_context(self, session_id: str | None) -> Any:
+        from sorat_daemon.tools.registry import ToolContext
+
+        return ToolContext(home=self.home, session_id=session_id)
+
+    def set_active_model(self, model: str) -> None:
+        if model != self.active_model:
+            log.info("active model: %s", model)
+            self.active_model = model
+            self.state.update(model=model)
+
+    def after_answer(self, turn: Any, model: str, answer: Message) -> None:
+        """A title for a new session, asked in the background once its first answer exists."""
+        if not turn.needs_title:
+            return
+        from sorat_daemon.titles import title_messages
+
+        first_user = next((m for m in turn.messages if m.get("role") == "user"), None)
+        if first_user is None:
+            return
+        text = _text(first_user.get("content"))
+        self.titles.submit(turn.id, title_messages(text, _text(answer.get("content"))))
+
+    async def _generate_title(self, messages: list[Message]) -> str:
+        provider, model = self.pool.resolve(None, self.active_model)
+        result = await provider.complete(ModelCall(model=model, messages=messages))
+        return _text(result.message.get("content"))
+
+    async def _watch_files(self) -> None:
+        """Apply a new token or a new active model from disk: the CLI, the tray and hand edits alike."""
+        import watchfiles
+
+        names = {self.home.config.name, self.home.token.name}
+
+        def wanted(change: Any, path: str) -> bool:
+            return Path(path).name in names
+
+        async for _ in watchfiles.awatch(self.home.root, watch_filter=wanted, debounce=100, step=50, recursive=False):
+            token = tokens.read(self.home.token)
+            if token and token != self.token:
+                log.info("bearer token changed on disk; the old one no longer works")
+                self.token = token
+            model = config.read_active_model(self.home.config)
+            if model:
+                self.set_active_model(model)
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+class InstanceLock:
+    """One sorat per home: an exclusive lock on ``sorat.lock``, whose text says where it serves."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the process' life
+        try:
+            _lock_file(f)
+        except OSError:
+            f.seek(0)
+            where = f.read().strip() or "an unknown address"
+            f.close()
+            raise StartError(f"sorat already runs for {self.path.parent} ({where})") from None
+        self._file = f
+
+    def describe(self, text: str) -> None:
+        if self._file:
+            self._file.seek(0)
+            self._file.truncate()
+            self._file.write(text + "\n")
+            self._file.flush()
+
+    def release(self) -> None:
+        if self._file:
+            with contextlib.suppress(OSError):
+                self._file.seek(0)
+                self._file.truncate()
+            self._file.close()
+            self._file = None
+
+
+def _lock_file(f: IO[str]) -> None:
+    if sys.platform == "win32":
+        import msvcrt
+
+        msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Bind the listening socket ourselves, so a taken port is one clear line, not a traceback."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    if sys.platform != "win32":
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        if e.errno in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", -1)):
+            raise StartError(
+                f"port {port} on {host} is taken by another program; choose another with "
+                f"`sorat serve --port N` or [server] port in config.toml"
+            ) from None
+        raise StartError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+class Daemon:
+    """The daemon as the CLI and the tray see it."""
+
+    def __init__(self, home: Home, settings: config.Settings, state: StateHub | None = None) -> None:
+        self.home = home
+        self.settings = settings
+        self.state = state or StateHub()
+        self.runtime: Runtime | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._shutdown: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = InstanceLock(home.lock)
+
+    # -- foreground -------------------------------------------------------------------------------
+    def run(self, on_ready: Callable[[str], None] | None = None, *, signals: bool = True) -> None:
+        """Serve until SIGINT/SIGTERM (or ``stop()``). Raises StartError when it cannot start."""
+        with asyncio.Runner(loop_factory=_new_loop) as runner:
+            runner.run(self._serve(on_ready, signals))
+
+    async def _serve(self, on_ready: Callable[[str], None] | None, signals: bool) -> None:
+        from hypercorn.asyncio import serve
+        from hypercorn.config import Config
+
+        from sorat_daemon.server import create_app
+
+        self._loop = asyncio.get_running_loop()
+        self._shutdown = asyncio.Event()
+        self.home.ensure()
+        self._lock.acquire()
+        try:
+            sock = bind(self.settings.server.host, self.settings.server.port)
+            url = url_of(sock)
+            config.write_template(self.home.config)
+            rt = Runtime(self.home, self.settings, self.state)
+            self.runtime = rt
+            await rt.start()
+            app = create_app(rt)
+            hc = Config()
+            hc.bind = [f"fd://{sock.detach()}"]  # hypercorn owns the socket from here
+            hc.graceful_timeout = GRACEFUL_S
+            hc.keep_alive_timeout = 75
+            hc.accesslog = None
+            hc.errorlog = logging.getLogger("hypercorn.error")
+            if signals and threading.current_thread() is threading.main_thread():
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    with contextlib.suppress(NotImplementedError):
+                        self._loop.add_signal_handler(sig, self._shutdown.set)
+            self._lock.describe(f"pid {os.getpid()}, {url}")
+            self.state.update(url=url, running=True, error=None)
+            log.info("sorat serving on %s/v1 (home %s)", url, self.home.root)
+            if on_ready:
+                on_ready(url)
+            try:
+                await serve(app, hc, shutdown_trigger=self._shutdown.wait)  # type: ignore[arg-type]
+            finally:
+                log.info("stopping: saving sessions")
+                await rt.aclose()
+                self.state.update(running=False)
+                log.info("stopped")
+        finally:
+            self._lock.release()
+
+    # -- worker thread (the tray) ----------------------------------------------------------------
+    def start_thread(self) -> None:
+        ready = threading.Event()
+
+        def target() -> None:
+            try:
+                self.run(lambda url: ready.set(), signals=False)
+            except StartError as e:
+                self.state.update(error=str(e))
+                log.error("%s", e)
+            except Exception as e:  # the tray stays up and says what went wrong
+                self.state.update(error=f"sorat stopped: {e}")
+                log.exception("daemon thread failed")
+            finally:
+                ready.set()
+
+        self._thread = threading.Thread(target=target, name="sorat-daemon", daemon=True)
+        self._thread.start()
+        ready.wait()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        loop, shutdown = self._loop, self._shutdown
+        if loop and shutdown and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(shutdown.set)
+        if self._thread and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    # -- what the tray shows ---------------------------------------------------------------------
+    def models(self) -> list[str]:
+        if self.runtime is None:
+            return []
+        return [m for m, _ in self.runtime.pool.models()]
+
+    def active_model(self) -> str:
+        return self.runtime.active_model if self.runtime else self.settings.agent.model
+
+    def set_model(self, name: str) -> None:
+        from sorat_daemon.configedit import set_active_model
+
+        set_active_model(self.home.config, name)
+        rt, loop = self.runtime, self._loop
+        if rt and loop and not loop.is_closed():
+            loop.call_soon_threadsafe(rt.set_active_model, name)
