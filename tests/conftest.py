@@ -1,0 +1,139 @@
+"""Shared fixtures: a scripted upstream on loopback and the real daemon in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.upstream import Upstream
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_config(home: Path, upstream_url: str | None, extra: str = "", model: str = "gpt-4o") -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    text = f'[agent]\nmodel = "{model}"\n{extra}\n'
+    if upstream_url:
+        text += f'\n[[providers]]\nname = "scripted"\nbase_url = "{upstream_url}"\napi_key = "sk-upstream-secret"\n'
+    (home / "config.toml").write_text(text, encoding="utf-8")
+
+
+def clean_env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SORAT_"))}
+    env.pop("DISPLAY", None)
+    env.pop("WAYLAND_DISPLAY", None)
+    env["SORAT_HOME"] = str(home)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+class DaemonProc:
+    """``sorat serve --port 0`` in a subprocess, with its URL and token once it serves."""
+
+    def __init__(self, home: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
+        self.home = home
+        self.env = env or clean_env(home)
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.token = ""
+
+    def start(self, timeout: float = 20) -> DaemonProc:
+        log = open(self.home / "daemon-stderr.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sorat_daemon", "serve", "--port", "0", *self.args],
+            env=self.env,
+            stdout=log,
+            stderr=log,
+            cwd=ROOT,
+        )
+        log.close()
+        lock = self.home / "sorat.lock"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited {self.proc.returncode}: {self.stderr()}")
+            text = lock.read_text() if lock.exists() else ""
+            if "http://" in text:
+                self.url = text.strip().split(", ", 1)[1]
+                self.token = (self.home / "token").read_text().strip()
+                return self
+            time.sleep(0.02)
+        raise RuntimeError(f"daemon did not start: {self.stderr()}")
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    def headers(self, **extra: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}", **extra}
+
+    def client(self, **kw: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=self.headers(), timeout=30, **kw)  # type: ignore[arg-type]
+
+    def openai(self, **kw: object):  # type: ignore[no-untyped-def]
+        import openai
+
+        return openai.OpenAI(base_url=self.base_url, api_key=self.token, max_retries=0, **kw)  # type: ignore[arg-type]
+
+    def async_openai(self, **kw: object):  # type: ignore[no-untyped-def]
+        import openai
+
+        return openai.AsyncOpenAI(base_url=self.base_url, api_key=self.token, max_retries=0, **kw)  # type: ignore[arg-type]
+
+    def stderr(self) -> str:
+        path = self.home / "daemon-stderr.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Upstream]:
+    with Upstream() as up:
+        yield up
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+@pytest.fixture(scope="module")
+def daemon(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc]:
+    """One daemon per test module, on the module's upstream; tests reset the upstream's script."""
+    home = tmp_path_factory.mktemp("daemon") / "home"
+    write_config(home, upstream.base_url)
+    d = DaemonProc(home).start()
+    yield d
+    d.stop()
+
+
+@pytest.fixture(autouse=True)
+def _reset_upstream(request: pytest.FixtureRequest) -> None:
+    if "upstream" in request.fixturenames:
+        up: Upstream = request.getfixturevalue("upstream")
+        up.reset()
