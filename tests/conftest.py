@@ -9,11 +9,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
-from tests.upstream import Upstream
+
+if TYPE_CHECKING:
+    from tests.upstream import Upstream
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,6 +116,8 @@ class DaemonProc:
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[Upstream]:
+    from tests.upstream import Upstream
+
     with Upstream() as up:
         yield up
 
