@@ -63,6 +63,8 @@ Options of every builder
         usage_every_chunk  cumulative usage on every chunk (vLLM continuous_usage_stats)
         usage_after_stop   the usage chunk has non-empty choices with finish_reason null (OpenRouter)
 
+``reset()`` forgets the script and the records and restores the defaults (for module-scoped fixtures).
+
 Observing: ``requests``, ``title_requests``, ``headers`` (the chat requests' headers, lower-case keys),
 ``models_requests``, ``disconnects`` (responses the client left before their end), ``wait_for(pred)``
 (blocking, on a condition) and ``await until(pred)`` (the same from async code).
@@ -553,6 +555,18 @@ class Upstream:
 
     def script(self, *replies: Reply) -> None:
         self._queue.extend(replies)
+
+    def reset(self) -> None:
+        """Forget the script and everything recorded; restore the defaults (models and api_key included)."""
+        self._queue.clear()
+        for recorded in (self.requests, self.title_requests, self.headers):
+            recorded.clear()
+        self.models = ["gpt-4o", "gpt-4o-mini"]
+        self.api_key = None
+        self.default = text("ok")
+        self.title_reply = "A Scripted Title"
+        self.models_requests = 0
+        self.disconnects = 0
 
     @property
     def pending(self) -> int:
