@@ -19,11 +19,16 @@ if TYPE_CHECKING:
     from tests.upstream import Upstream
 
 ROOT = Path(__file__).resolve().parent.parent
+ALLOWED_ORIGIN = "http://allowed.example"
+DEFAULT_EXTRA = f'[server]\nallowed_origins = ["{ALLOWED_ORIGIN}"]\nallowed_hosts = ["sorat.local"]\n'
 
 
-def write_config(home: Path, upstream_url: str | None, extra: str = "", model: str = "gpt-4o") -> None:
+def write_config(
+    home: Path, upstream_url: str | None, extra: str = "", model: str = "gpt-4o", agent: str = ""
+) -> None:
+    """``extra``: whole tables (e.g. [server]); ``agent``: more lines for the [agent] table."""
     home.mkdir(parents=True, exist_ok=True)
-    text = f'[agent]\nmodel = "{model}"\n{extra}\n'
+    text = f'{extra}\n[agent]\nmodel = "{model}"\n{agent}\n'
     if upstream_url:
         text += f'\n[[providers]]\nname = "scripted"\nbase_url = "{upstream_url}"\napi_key = "sk-upstream-secret"\n'
     (home / "config.toml").write_text(text, encoding="utf-8")
@@ -131,7 +136,7 @@ def home(tmp_path: Path) -> Path:
 def daemon(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc]:
     """One daemon per test module, on the module's upstream; tests reset the upstream's script."""
     home = tmp_path_factory.mktemp("daemon") / "home"
-    write_config(home, upstream.base_url)
+    write_config(home, upstream.base_url, DEFAULT_EXTRA)
     d = DaemonProc(home).start()
     yield d
     d.stop()
