@@ -222,17 +222,19 @@ def _check(value: Any, schema: Mapping[str, Any], where: str) -> Any:
             except ValueError:
                 continue
         if options:
-            raise ValueError(f"{where} has the wrong type ({_kind(value)})")
+            raise ValueError(f"argument '{where}' has the wrong type ({_kind(value)})")
     kind = schema.get("type")
     if kind is not None:
         kinds = kind if isinstance(kind, list) else [kind]
         if "integer" in kinds and isinstance(value, float) and value.is_integer():
             value = int(value)  # 3.0 from a model that writes numbers as floats
         if not any(_JSON_TYPES.get(k, lambda v: True)(value) for k in kinds):
-            raise ValueError(f"{where} must be {' or '.join(_a(k) for k in kinds)}, not {_kind(value)}")
+            raise ValueError(
+                f"argument '{where}' must be {' or '.join(_a(k) for k in kinds)}, not {_kind(value)}"
+            )
     if "enum" in schema and value not in schema["enum"]:
         choices = ", ".join(orjson.dumps(c).decode() for c in schema["enum"])
-        raise ValueError(f"{where} must be one of {choices}")
+        raise ValueError(f"argument '{where}' must be one of {choices}")
     if isinstance(value, list) and isinstance(schema.get("items"), dict):
         value = [_check(v, schema["items"], f"{where}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, dict) and ("properties" in schema or "required" in schema):
@@ -254,7 +256,7 @@ def _check_object(value: dict[str, Any], schema: Mapping[str, Any], where: str) 
             continue
         if v is None and key not in required:
             continue  # null for an optional argument: as if absent
-        out[key] = _check(v, props[key], f"argument {prefix}{key!r}" if not where else f"{prefix}{key}")
+        out[key] = _check(v, props[key], prefix + key)
     missing = [k for k in props if k in required and k not in out]
     missing += [k for k in required if k not in props and k not in out]
     if missing:
