@@ -43,6 +43,8 @@ SEARCH_FETCH_DEADLINE_S = 15.0
 _ACCEPT = "text/html,application/xhtml+xml,text/plain;q=0.9,application/json;q=0.9,*/*;q=0.5"
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
 _TEXT_TYPES = ("text/plain", "text/markdown", "text/csv", "text/xml", "application/xml", "text/x-markdown")
+_LARGE_PAGE_ELEMENTS = 3000
+_HUGE_PAGE_ELEMENTS = 15000
 _DROP_TAGS = ("script", "style", "noscript", "nav", "header", "footer", "aside", "form", "iframe", "svg",
               "template", "button", "select")  # fmt: skip
 
@@ -197,59 +199,65 @@ def decode_body(body: bytes, header_charset: str | None, *, html: bool) -> str:
     return body.decode("cp1252", errors="replace")
 
 
-def _lxml_text(html: str) -> tuple[str, str]:
-    """(title, text) of the page minus scripts, styles and navigation, by lxml alone."""
+def _parse_html(html: str) -> Any:
     import lxml.html
 
+    # Bytes with an explicit encoding: a str with an <?xml encoding=...?> declaration is refused by lxml.
+    parser = lxml.html.HTMLParser(encoding="utf-8", remove_comments=True)
     try:
-        root = lxml.html.document_fromstring(html)
+        return lxml.html.document_fromstring(html.encode("utf-8", errors="replace"), parser=parser)
     except Exception:  # lxml raises ParserError or ValueError on empty or odd input
-        return "", ""
-    title = (root.findtext(".//title") or "").strip()
+        return None
+
+
+def _plain_text(root: Any) -> str:
+    """The page's text minus scripts, styles, navigation and forms: lxml alone, for any page."""
     for el in list(root.iter(*_DROP_TAGS)):
         el.drop_tree()
     body = root.find("body")
-    lines = [" ".join(line.split()) for line in (body if body is not None else root).itertext()]
-    return title, "\n".join(line for line in lines if line)
+    lines = (" ".join(line.split()) for line in (body if body is not None else root).itertext())
+    return "\n".join(line for line in lines if line)
 
 
 def extract_html(html: str, url: str) -> tuple[str, str]:
-    """(title, main text) of an HTML page."""
-    import trafilatura
+    """(title, main text) of an HTML page.
 
-    title = ""
+    trafilatura's cost grows faster than the page, so a large page gets its fast mode and a huge one
+    (a generated listing, a log dump) the plain lxml text: the result is cut at 12 000 characters
+    anyway, and the tool must answer in seconds.
+    """
+    root = _parse_html(html)
+    if root is None:
+        return "", ""
+    title = " ".join((root.findtext(".//title") or "").split())
+    for el in list(root.iter("script", "style", "noscript", "template", "svg", "iframe")):
+        el.drop_tree()
+    elements = sum(1 for _ in root.iter())
     text = ""
-    try:
-        doc = trafilatura.bare_extraction(
-            html,
-            url=url,
-            with_metadata=True,
-            include_comments=False,
-            include_tables=True,
-            include_images=False,
-            include_links=False,
-            favor_recall=True,
-        )
+    if elements <= _HUGE_PAGE_ELEMENTS:
+        import trafilatura
+
+        try:
+            doc = trafilatura.bare_extraction(
+                root,
+                url=url,
+                with_metadata=True,
+                include_comments=False,
+                include_tables=True,
+                include_images=False,
+                include_links=False,
+                favor_recall=elements <= _LARGE_PAGE_ELEMENTS,
+                fast=elements > _LARGE_PAGE_ELEMENTS,
+            )
+        except Exception:  # an extractor failure falls back to the plain text below
+            doc = None
         if doc is not None:
-            title = str(getattr(doc, "title", "") or "")
+            title = str(getattr(doc, "title", "") or "") or title
             text = str(getattr(doc, "text", "") or "")
-    except Exception:  # an extractor failure falls back to the plain text below
-        text = ""
     if not text.strip():
-        fallback_title, text = _lxml_text(html)
-        title = title or fallback_title
-    if not title:
-        title = _lxml_text_title(html)
+        fresh = _parse_html(html)  # trafilatura may have pruned the tree it was given
+        text = _plain_text(fresh) if fresh is not None else ""
     return title.strip(), text.strip()
-
-
-def _lxml_text_title(html: str) -> str:
-    import lxml.html
-
-    try:
-        return (lxml.html.document_fromstring(html).findtext(".//title") or "").strip()
-    except Exception:
-        return ""
 
 
 def cap(text: str, limit: int) -> tuple[str, bool]:
