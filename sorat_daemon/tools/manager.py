@@ -96,9 +96,15 @@ class ToolManager:
             log.warning("cannot write %s: %s", self.file, e)
         await self.reload()
         self._watcher = asyncio.create_task(self._watch(), name="sorat-tools-watch")
+        # One step of the task sets up the OS watch (watchfiles does it before its first await);
+        # a change saved before that moment is caught by reading the file once more.
+        await asyncio.sleep(0)
+        await self.reload()
 
     async def reload(self) -> bool:
         """Apply tools.toml as it is now; False if it is invalid (the last good tools stay)."""
+        if self._closed:
+            return self._error is None
         try:
             text = self.file.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -189,19 +195,18 @@ class ToolManager:
                     recursive=False,
                 ):
                     await self.reload()
-                    await asyncio.sleep(0)  # let a reload's consequences (MCP starts) be scheduled
-                # A change made while the watcher was (re)starting is caught here.
-                await self.reload()
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 log.warning("watching %s failed (%s); retrying", self.file, e)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), _RETRY_WATCH_S)
+                await self.reload()  # what changed while nothing watched
 
     async def aclose(self) -> None:
         """Stop the watcher and every MCP server."""
         self._stop.set()
+        self._closed = True
         if self._watcher is not None:
             try:
                 await asyncio.wait_for(self._watcher, 5)
@@ -210,7 +215,6 @@ class ToolManager:
             self._watcher = None
         servers = list(self._servers.values())
         self._servers.clear()
-        self._closed = True
         await asyncio.gather(
             *(s.aclose() for s in servers), *list(self._stopping_servers), return_exceptions=True
         )
