@@ -835,7 +835,8 @@ class SessionStore:
         self._slots: dict[str, _Slot] = {}
         self._index = _Index(self.root)
         self._db_thread: ThreadPoolExecutor | None = None
-        self._ready = asyncio.Event()  # the index is right
+        self._ready = asyncio.Event()  # listing may go on: the index is right, or its repair gave up
+        self._trusted = False  # the index is complete (trusted on open, or repaired)
         self._wake = asyncio.Event()  # something to fsync
         self._dirty: set[Path] = set()  # appended to, not yet fsynced
         self._dir_dirty = False
@@ -862,7 +863,8 @@ class SessionStore:
         clean = await asyncio.to_thread(self._take_clean_token)
         await self._db(self._index.set_clean, "")
         self._open = True
-        if token and token == clean:
+        self._trusted = bool(token) and token == clean
+        if self._trusted:
             self._ready.set()
         else:
             log.info("session index not closed cleanly: rebuilding it in the background")
@@ -882,7 +884,7 @@ class SessionStore:
         for session in self._cache.values():
             _close_fd(session)
         await self.flush()
-        if self._ready.is_set() and not self._slots:
+        if self._trusted and not self._slots:
             token = secrets.token_hex(16)
             await self._db(self._index.set_clean, token)
             await asyncio.to_thread(_write_atomic, self.root / _CLEAN, token.encode())
@@ -1198,6 +1200,7 @@ class SessionStore:
                     if session is not None:
                         await self._save(session, slot, force=True)
             await self._db(self._index.prune)
+            self._trusted = True
             log.info("session index rebuilt: %d sessions (%d from their messages)", len(entries), len(stale))
         except asyncio.CancelledError:
             raise

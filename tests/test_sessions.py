@@ -564,6 +564,16 @@ async def test_index_from_before_is_rebuilt(root: Path) -> None:
         assert [r["id"] for r in rows] == ["late", "s002", "s001"]
 
 
+async def test_close_during_the_rebuild_leaves_it_to_the_next_open(root: Path) -> None:
+    ids = await make_sessions(root, 40)
+    remove_index(root)
+    async with SessionStore(root):
+        pass  # closed before the background rebuild could finish
+    async with SessionStore(root) as store:
+        rows, _ = await store.list()
+        assert [r["id"] for r in rows] == ids[::-1]
+
+
 async def test_corrupt_index_is_rebuilt(root: Path) -> None:
     await make_sessions(root, 3)
     remove_index(root)
