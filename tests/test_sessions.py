@@ -4,10 +4,13 @@ import asyncio
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sorat_daemon import errors
 from sorat_daemon.sessions import SessionStore, valid_session_id
@@ -623,3 +626,68 @@ async def test_flush_and_format(root: Path, store: SessionStore) -> None:
     meta = json.loads((root / "fmt.json").read_text())
     assert meta["message_count"] == 2 and meta["fallback_title"] == "hi" and meta["title"] is None
     assert not list(root.glob(".*.tmp"))
+
+
+# --- a property: whatever a client does with its history, the model sees exactly that history -------
+
+Op = tuple[str, int, bool]  # (new | regenerate | edit, which user message to edit, use an internal tool)
+
+
+def client_ops() -> st.SearchStrategy[list[Op]]:
+    op = st.tuples(st.sampled_from(["new", "new", "regenerate", "edit"]), st.integers(0, 20), st.booleans())
+    return st.lists(op, min_size=1, max_size=12)
+
+
+def without_internal(messages: list[Message]) -> list[Message]:
+    """The client's view of what the model got: internal calls and results dropped."""
+    out = []
+    for message in messages:
+        if message["role"] == "tool" and message["tool_call_id"].startswith("int_"):
+            continue
+        if message["role"] == "assistant" and message.get("tool_calls"):
+            continue
+        out.append(message)
+    return out
+
+
+async def play(root: Path, ops: list[Op]) -> None:
+    history: list[Message] = [SYSTEM]
+    async with SessionStore(root) as store:
+        for n, (kind, which, tool) in enumerate(ops):
+            users = [i for i, m in enumerate(history) if m["role"] == "user"]
+            if kind == "regenerate" and users:
+                history = history[: users[-1] + 1]
+            elif (
+                kind == "edit" and len(users) > 1
+            ):  # an edit of the first message means a new message (case 3)
+                at = users[1:][which % (len(users) - 1)]
+                history = [*history[:at], user(f"edited {n}")]
+            else:
+                history = [*history, user(f"q{n}")]
+            async with store.turn("prop", history, model="m") as turn:
+                assert without_internal(turn.messages) == history
+                if tool:
+                    await turn.add(assistant(None, [call(f"int_{n}")]), visible=None)
+                    await turn.add(result(f"int_{n}", "out"), visible=None)
+                await turn.add(assistant(f"a{n}"))
+            history.append(assistant(f"a{n}"))
+            row = await store.get("prop")
+            assert row is not None and row["message_count"] == len(history)
+            assert (
+                without_internal([{k: v for k, v in m.items() if k != "timestamp"} for m in row["messages"]])
+                == history
+            )
+    async with SessionStore(root) as store:  # and so it stays after a restart
+        row = await store.get("prop")
+        assert row is not None
+        assert (
+            without_internal([{k: v for k, v in m.items() if k != "timestamp"} for m in row["messages"]])
+            == history
+        )
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=client_ops())
+def test_history_property(tmp_path: Path, ops: list[Op]) -> None:
+    root = Path(tempfile.mkdtemp(dir=tmp_path)) / "sessions"
+    asyncio.run(play(root, ops))
