@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+import anyio
 from mcp.server.mcpserver import MCPServer
 
 server = MCPServer(sys.argv[1] if len(sys.argv) > 1 else "fixture")
@@ -32,6 +33,13 @@ def echo_env(name: str) -> str:
 def fail(message: str) -> str:
     """Raise an error."""
     raise ValueError(message)
+
+
+@server.tool()
+async def nap(seconds: float) -> str:
+    """Sleep, then answer."""
+    await anyio.sleep(seconds)
+    return "awake"
 
 
 @server.tool()

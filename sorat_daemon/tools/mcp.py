@@ -145,7 +145,7 @@ class McpServer:
                 break
             if loop.time() - began >= HEALTHY_AFTER_S:
                 backoff = self._backoff[0]
-            log.warning("MCP server %s %s; restarting in %.0f s", self.name, problem, backoff)
+            log.warning("MCP server %s %s; restarting in %g s", self.name, problem, round(backoff, 1))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), backoff)
             backoff = min(backoff * 2, self._backoff[1])
