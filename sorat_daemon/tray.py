@@ -1,0 +1,438 @@
+"""The tray icon and its menu: pystray on the main thread, the daemon on its own loop in a worker thread.
+
+``run_tray`` returns False, after one log line saying why, when there is no tray to show (no display, no
+tray host, or the pystray backend fails to import or start); the caller then serves headless. pystray and
+Pillow are imported only here, when a tray is wanted: a headless sorat never loads them.
+
+Threads: the backend's loop owns the main thread and runs the menu callbacks. The daemon's state changes
+arrive on the daemon's thread; they only wake the refresher thread, which swaps the icon and rebuilds the
+menu, so the server's loop never waits on the GUI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from sorat_daemon import autostart
+
+if TYPE_CHECKING:
+    import pystray
+    from PIL import Image
+
+    from sorat_daemon.paths import Home
+    from sorat_daemon.state import StateHub, Status
+
+log = logging.getLogger("sorat.tray")
+
+ASSETS = Path(__file__).parent / "assets"
+ICON_SIZE = 64  # backends scale it to the slot: 16–24 px on Linux and Windows, 22 pt (44 px) on macOS
+TRAY_HOST_WAIT_S = 5.0  # at login the panel may come up a moment after sorat
+MODELS_POLL_S = 10.0  # providers may discover models after start; nothing signals that
+CLIPBOARD_TIMEOUT_S = 3.0
+STATUS_CHARS = 90
+
+
+class TrayDaemon(Protocol):
+    """What the tray needs of the daemon (``sorat_daemon.daemon.Daemon``)."""
+
+    home: Home
+    state: StateHub
+
+    def start_thread(self) -> None: ...
+
+    def stop(self, timeout: float = 10.0) -> None: ...
+
+    def models(self) -> list[str]: ...
+
+    def active_model(self) -> str: ...
+
+    def set_model(self, name: str) -> None: ...
+
+
+class StartAtLogin(Protocol):
+    def is_enabled(self) -> bool: ...
+
+    def enable(self) -> object: ...
+
+    def disable(self) -> object: ...
+
+
+class _Autostart:
+    """The real autostart module, seen through the :class:`StartAtLogin` protocol."""
+
+    def is_enabled(self) -> bool:
+        return autostart.is_enabled()
+
+    def enable(self) -> object:
+        return autostart.enable()
+
+    def disable(self) -> object:
+        return autostart.disable()
+
+
+Opener = Callable[[Path], None]
+Tell = Callable[[str], None]
+
+
+def open_path(path: Path) -> None:
+    """Show ``path`` in the desktop's file manager, without waiting for it."""
+    if sys.platform == "win32":
+        os.startfile(path)  # type: ignore[attr-defined]  # Windows only
+        return
+    program = "open" if sys.platform == "darwin" else "xdg-open"
+    proc = subprocess.Popen(
+        [program, str(path)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    threading.Thread(target=proc.wait, name="sorat-opener", daemon=True).start()  # reap it
+
+
+def copy_to_clipboard(
+    text: str,
+    tell: Tell,
+    timeout: float = CLIPBOARD_TIMEOUT_S,
+    copy_text: Callable[[str], None] | None = None,
+) -> None:
+    """Copy with pyperclip in a thread of its own: xclip and xsel can hang (no X selection owner, a stuck
+    clipboard manager), and the menu must not. Failure or silence is told to the user."""
+    done = threading.Event()
+    failure: list[str] = []
+
+    def copy() -> None:
+        try:
+            if copy_text is None:
+                import pyperclip
+
+                pyperclip.copy(text)
+            else:
+                copy_text(text)
+        except Exception as e:  # PyperclipException when no mechanism exists, OSError from its programs
+            failure.append(str(e) or type(e).__name__)
+        finally:
+            done.set()
+
+    def watch() -> None:
+        threading.Thread(target=copy, name="sorat-clipboard", daemon=True).start()
+        if not done.wait(timeout):
+            tell(f"The clipboard did not answer within {timeout:g} s; `sorat token` prints the token")
+        elif failure:
+            tell(f"No clipboard available ({failure[0].splitlines()[0]}); `sorat token` prints the token")
+        else:
+            tell("Bearer token copied")
+
+    threading.Thread(target=watch, name="sorat-clipboard-watch", daemon=True).start()
+
+
+def status_line(status: Status) -> str:
+    if status.attention:
+        text = f"sorat — {status.attention.splitlines()[0]}"
+        return text if len(text) <= STATUS_CHARS else text[: STATUS_CHARS - 1] + "…"
+    if status.running and status.url:
+        return f"sorat — {status.url}"
+    return "sorat — running" if status.running else "sorat — starting…"
+
+
+def title_of(status: Status) -> str:
+    """The tooltip: the whole message when something is wrong."""
+    if status.attention:
+        return f"sorat: {status.attention}"
+    model = f" ({status.model})" if status.model else ""
+    return f"sorat — {status.url}{model}" if status.url else "sorat"
+
+
+def build_menu(
+    daemon: TrayDaemon,
+    *,
+    quit: Callable[[], None],
+    opener: Opener = open_path,
+    tell: Tell | None = None,
+    clipboard: Callable[[str, Tell], None] = copy_to_clipboard,
+    login: StartAtLogin | None = None,
+) -> pystray.Menu:
+    """The tray's menu. Texts and checks are read when the menu is shown (or ``update_menu`` called), so one
+    menu object serves for the icon's whole life."""
+    from pystray import Menu, MenuItem
+
+    say: Tell = tell or (lambda message: log.warning("%s", message))
+    start_at_login = login or _Autostart()
+    home = daemon.home
+
+    def guarded(what: str, action: Callable[[], object]) -> Callable[[], None]:
+        # an exception in a pystray callback is lost in the backend's loop: say it instead
+        def run() -> None:
+            try:
+                action()
+            except Exception as e:
+                log.exception("%s failed", what)
+                say(f"Could not {what}: {e}")
+
+        return run
+
+    def open_folder(path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        opener(path)
+
+    def copy_token() -> None:
+        try:
+            token = home.token.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            say(f"No bearer token to copy ({e.strerror}); `sorat token` creates one")
+            return
+        clipboard(token, say)
+
+    def select(name: str) -> None:
+        if name != daemon.active_model():
+            daemon.set_model(name)
+
+    def toggle_login() -> None:
+        if start_at_login.is_enabled():
+            start_at_login.disable()
+        else:
+            start_at_login.enable()
+
+    def models() -> Iterator[pystray.MenuItem]:
+        active = daemon.active_model()
+        names = list(dict.fromkeys(daemon.models()))
+        if active and active not in names:  # set by hand, or not offered (yet): still show what is in use
+            names.insert(0, active)
+        if not names:
+            yield MenuItem("No models found", None, enabled=False)
+        for name in names:
+            yield MenuItem(
+                name,
+                guarded(f"switch to {name}", partial(select, name)),
+                checked=lambda item, name=name: daemon.active_model() == name,
+                radio=True,
+            )
+
+    return Menu(
+        MenuItem(lambda item: status_line(daemon.state.get()), None, enabled=False),
+        Menu.SEPARATOR,
+        # the default item is what a left click runs where a backend has no menu (X11 without AppIndicator)
+        MenuItem(
+            "Open session folder",
+            guarded("open the session folder", lambda: open_folder(home.sessions)),
+            default=True,
+        ),
+        MenuItem("Copy bearer token", guarded("copy the token", copy_token)),
+        MenuItem("Model", Menu(models)),
+        Menu.SEPARATOR,
+        MenuItem(
+            "Open config folder", guarded("open the config folder", lambda: open_folder(home.config.parent))
+        ),
+        MenuItem("Open logs", guarded("open the logs", lambda: open_folder(home.logs))),
+        MenuItem(
+            "Start at login",
+            guarded("change start at login", toggle_login),
+            checked=lambda item: _safe_is_enabled(start_at_login),
+        ),
+        Menu.SEPARATOR,
+        MenuItem("Quit", lambda: quit()),
+    )
+
+
+def _safe_is_enabled(login: StartAtLogin) -> bool:
+    try:
+        return login.is_enabled()
+    except Exception:  # an unreadable entry: show it unchecked rather than break the menu
+        log.exception("cannot read the start-at-login state")
+        return False
+
+
+def load_icon(state: str, size: int = ICON_SIZE) -> Image.Image:
+    """The shipped PNG for ``state``; drawn afresh only if the file is missing."""
+    from PIL import Image
+
+    try:
+        with Image.open(ASSETS / f"sorat-{state}-{size}.png") as image:
+            return image.convert("RGBA")
+    except OSError:
+        from sorat_daemon.icons import render
+
+        log.warning("icon file for %s is missing; drawing it", state)
+        return render(state, size)
+
+
+class _Refresher:
+    """Applies the daemon's state to the icon from a thread of its own (see the module docstring)."""
+
+    def __init__(self, icon: Any, daemon: TrayDaemon, images: dict[str, Image.Image]) -> None:
+        self.icon, self.daemon, self.images = icon, daemon, images
+        self.wake = threading.Event()
+        self.stopped = False
+        self.thread = threading.Thread(target=self._run, name="sorat-tray-refresh", daemon=True)
+        self.shown: tuple[object, ...] = ()
+        self.state = "running"  # the image the icon was created with
+
+    def poke(self, _status: object = None) -> None:
+        self.wake.set()
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.wake.set()
+
+    def _run(self) -> None:
+        while not self.stopped:
+            try:
+                self.apply()
+            except Exception:
+                log.exception("tray refresh failed")
+            self.wake.wait(MODELS_POLL_S)
+            self.wake.clear()
+
+    def apply(self) -> None:
+        status = self.daemon.state.get()
+        models = tuple(self.daemon.models())
+        state = "attention" if status.attention else "running"
+        shown = (state, status, models)
+        if shown == self.shown or self.stopped:
+            return
+        if state != self.state:
+            self.icon.icon = self.images[state]
+            self.state = state
+        self.icon.title = title_of(status)
+        self.icon.update_menu()
+        self.shown = shown
+
+
+def _no_display(platform: str, env: dict[str, str] | os._Environ[str]) -> str | None:
+    if platform in ("win32", "darwin") or env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"):
+        return None
+    return "no display (neither DISPLAY nor WAYLAND_DISPLAY is set)"
+
+
+def _tray_host_missing(icon: Any) -> str | None:
+    """With the plain X11 backend, an icon with no tray host (system tray) to dock in is invisible and
+    unreachable: wait briefly for one, then give up."""
+    if type(icon).__module__ != "pystray._xorg":
+        return None
+    from Xlib import X, display
+
+    conn = display.Display()
+    try:
+        atom = conn.intern_atom(f"_NET_SYSTEM_TRAY_S{conn.get_default_screen()}")
+        deadline = time.monotonic() + TRAY_HOST_WAIT_S
+        while conn.get_selection_owner(atom) == X.NONE:
+            if time.monotonic() > deadline:
+                return f"no system tray to dock in on display {conn.get_display_name()}"
+            time.sleep(0.2)  # polling the X server for the panel to appear; nothing to wait on instead
+    finally:
+        conn.close()
+    return None
+
+
+def run_tray(
+    daemon: TrayDaemon,
+    *,
+    opener: Opener = open_path,
+    icon_class: Callable[..., Any] | None = None,
+) -> bool:
+    """Show the tray and serve until Quit (True), or return False at once when no tray can be shown.
+
+    False comes before the daemon starts, or after it is stopped again if the backend fails while
+    starting, so the caller can serve headless in either case."""
+    reason = _no_display(sys.platform, os.environ)
+    if reason:
+        log.warning("no tray: %s; serving headless", reason)
+        return False
+    quitting = threading.Event()
+    icon: Any = None
+
+    def quit() -> None:
+        quitting.set()
+        refresher.stop()
+        icon.stop()  # does nothing until the loop runs; then setup() sees `quitting`
+
+    def tell(message: str) -> None:
+        log.warning("%s", message)
+        if getattr(icon, "HAS_NOTIFICATION", False):
+            with contextlib.suppress(Exception):
+                icon.notify(message, "sorat")
+
+    try:
+        if icon_class is None:
+            import pystray  # raises Xlib's errors, not ImportError, when X is unreachable
+
+            icon_class = pystray.Icon
+        images = {state: load_icon(state) for state in ("running", "attention")}
+        menu = build_menu(daemon, quit=quit, opener=opener, tell=tell)
+        icon = icon_class("sorat", images["running"], "sorat", menu=menu)
+        reason = _tray_host_missing(icon)
+    except Exception as e:
+        reason = f"the tray backend failed to load ({type(e).__name__}: {e})".replace("\n", " ")
+    if reason:
+        log.warning("no tray: %s; serving headless", reason)
+        return False
+
+    refresher = _Refresher(icon, daemon, images)
+    daemon.state.subscribe(refresher.poke)
+
+    def setup(icon: Any) -> None:
+        if quitting.is_set():  # a signal came before the loop ran
+            icon.stop()
+            return
+        icon.visible = True
+        refresher.thread.start()
+
+    previous = _on_signals(lambda: threading.Thread(target=quit, name="sorat-quit", daemon=True).start())
+    try:
+        daemon.start_thread()
+        started = daemon.state.get()
+        if started.error and not started.running:
+            return True  # one sorat per home, port taken…: the daemon has logged why; no tray to show
+        try:
+            icon.run(setup)
+        except Exception as e:
+            log.warning(
+                "no tray: the tray backend failed to start (%s: %s); serving headless", type(e).__name__, e
+            )
+            quitting.set()
+            _release_setup_thread(icon)
+            daemon.stop()
+            return False
+        refresher.stop()
+        daemon.stop()
+        return True
+    finally:
+        refresher.stop()
+        _restore_signals(previous)
+
+
+def _release_setup_thread(icon: Any) -> None:
+    """pystray's setup thread (not a daemon thread) waits for the loop's ready signal, which a backend that
+    failed to start never sends: send it, so that the thread ends (setup() sees ``quitting``) and the
+    process can exit."""
+    ready = getattr(icon, "_Icon__queue", None)
+    if ready is not None:
+        ready.put(True)
+
+
+def _on_signals(handler: Callable[[], None]) -> dict[int, Any]:
+    """SIGINT and SIGTERM (logout, ``kill``) quit like the menu does. Handlers only run on the main thread."""
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is not threading.main_thread():
+        return previous
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError, OSError):
+            previous[sig] = signal.signal(sig, lambda signum, frame: handler())
+    return previous
+
+
+def _restore_signals(previous: dict[int, Any]) -> None:
+    for sig, handler in previous.items():
+        with contextlib.suppress(ValueError, OSError, TypeError):
+            signal.signal(sig, handler)
