@@ -69,6 +69,11 @@ async def test_runs_in_the_workspace_without_a_shell(ctx: ToolContext, home: Hom
     assert out["stdout"] == "a b $HOME\n"
     out = await run(ts, ctx, command="grep 'two words' a.txt")
     assert out["exit_code"] == 1
+    # words that only look like paths elsewhere are fine: a regex escape, a colon, dots
+    out = await run(ts, ctx, command="grep", args=["\\balpha", "a.txt"])
+    assert out["stdout"] == "alpha\n"
+    out = await run(ts, ctx, command="echo key:value wait... --color=auto")
+    assert out["stdout"] == "key:value wait... --color=auto\n"
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ import codecs
 import contextlib
 import os
 import stat
+import sys
 import tempfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -33,9 +34,12 @@ def resolve(workspace: Path, path: str) -> Path:
         raise ToolError("refused: the path contains a NUL character")
     if raw.startswith("~"):
         raise ToolError(f"refused: {path!r}: paths are relative to the workspace; ~ is not expanded")
-    if PurePosixPath(raw).is_absolute() or PureWindowsPath(raw).is_absolute() or PureWindowsPath(raw).drive:
+    windows = sys.platform == "win32"
+    if PurePosixPath(raw).is_absolute() or (
+        windows and (PureWindowsPath(raw).is_absolute() or PureWindowsPath(raw).drive)
+    ):
         raise ToolError(f"refused: {path!r} is absolute; paths are relative to the workspace")
-    if ".." in raw.replace("\\", "/").split("/"):
+    if ".." in (raw.replace("\\", "/") if windows else raw).split("/"):
         raise ToolError(f"refused: {path!r} contains ..; paths must stay inside the workspace")
     workspace.mkdir(parents=True, exist_ok=True)
     root = workspace.resolve()

@@ -76,11 +76,14 @@ def _leaves_workspace(value: str, workspace: Path) -> bool:
         return False
     if value.startswith("~"):
         return True
-    if PurePosixPath(value).is_absolute() or PureWindowsPath(value).is_absolute() or value.startswith("\\"):
+    if PurePosixPath(value).is_absolute():
         return True
-    if PureWindowsPath(value).drive:  # C:foo
+    # Backslashes and drives are path syntax on Windows only (elsewhere "\\d" is a regex, "a:b" a word).
+    if _WINDOWS and (
+        PureWindowsPath(value).is_absolute() or PureWindowsPath(value).drive or value[0] == "\\"
+    ):
         return True
-    parts = value.replace("\\", "/").split("/")
+    parts = (value.replace("\\", "/") if _WINDOWS else value).split("/")
     if ".." in parts:
         return True
     try:
