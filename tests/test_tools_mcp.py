@@ -203,3 +203,21 @@ async def test_a_failing_server_never_takes_the_daemon_down(
         assert any("MCP server ghost failed" in r.getMessage() for r in caplog.records)
     finally:
         await m.aclose()
+
+
+def test_results_become_text_for_the_model() -> None:
+    import mcp_types as types
+
+    from sorat_daemon.tools.mcp import MAX_RESULT_CHARS, result_value
+
+    def result(*content: object, is_error: bool = False, structured: object = None) -> object:
+        return types.CallToolResult(content=list(content), is_error=is_error, structured_content=structured)  # type: ignore[arg-type]
+
+    text = types.TextContent(type="text", text="hello")
+    image = types.ImageContent(type="image", data="AAAA", mime_type="image/png")
+    assert result_value(result(text, image)) == "hello\n[image (image/png) not shown]"
+    assert result_value(result(structured={"a": 1})) == {"a": 1}
+    with pytest.raises(ToolError, match="hello"):
+        result_value(result(text, is_error=True))
+    big = types.TextContent(type="text", text="x" * (MAX_RESULT_CHARS + 10))
+    assert result_value(result(big)).endswith("[truncated]")

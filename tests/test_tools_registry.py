@@ -199,3 +199,7 @@ async def test_hand_made_tool_with_schema_validation(ctx: ToolContext) -> None:
     ts = Toolset([Tool(name="srv__q", description="d", parameters=schema, fn=fn)])
     assert json.loads(await ts.call("srv__q", '{"q": "x", "other": 1}', ctx)) == {"q": "x", "other": 1}
     assert "missing required" in json.loads(await ts.call("srv__q", "{}", ctx))["error"]
+
+
+def test_a_tool_is_still_callable() -> None:
+    assert greet("ann", times=2) == "hello ann hello ann"

@@ -34,6 +34,7 @@ BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 60.0
 HEALTHY_AFTER_S = 60.0
 MAX_DESCRIPTION_CHARS = 1024
+MAX_RESULT_CHARS = 50_000  # what one call may add to the conversation
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -64,11 +65,14 @@ def result_value(result: Any) -> Any:
             parts.append(text if text is not None else f"[resource {block.resource.uri}]")
         elif kind == "resource_link":
             parts.append(f"[resource {block.uri}]")
+    text = "\n".join(parts)
+    if len(text) > MAX_RESULT_CHARS:
+        text = text[:MAX_RESULT_CHARS] + "\n[truncated]"
     if result.is_error:
-        raise ToolError("\n".join(parts) or "the tool reported an error")
+        raise ToolError(text or "the tool reported an error")
     if not parts and result.structured_content is not None:
         return result.structured_content
-    return "\n".join(parts)
+    return text
 
 
 class McpServer:

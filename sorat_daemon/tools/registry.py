@@ -51,6 +51,10 @@ class Tool:
     timeout_s: float | None = DEFAULT_TIMEOUT_S
     takes_ctx: bool = field(default=False, compare=False)
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the function itself (no checks, no timeout): for Python callers and tests."""
+        return self.fn(*args, **kwargs)
+
     def spec(self) -> dict[str, Any]:
         return {
             "type": "function",
