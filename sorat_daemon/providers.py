@@ -170,10 +170,9 @@ class Provider:
             async for delta in self._relay(response):
                 yield delta
         finally:
+            # before the whole body came, closing drops the connection: that cancels the upstream request
             with contextlib.suppress(*_NET_ERRORS):
-                await (
-                    response.aclose()
-                )  # before the whole body came: drops the connection, cancelling upstream
+                await response.aclose()
 
     async def list_models(self) -> list[str]:
         if self.settings.models:
@@ -333,7 +332,10 @@ class Provider:
             obj = wire.loads(raw)
         except ValueError:
             raise self._not_json(response, raw) from None
-        return wire.parse_completion(obj, self._label)
+        try:
+            return wire.parse_completion(obj, self._label)
+        except errors.ProviderError as e:
+            raise self._scrub(e) from None
 
     # --- errors ---
 
