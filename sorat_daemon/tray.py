@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -349,11 +350,14 @@ def run_tray(
     if reason:
         log.warning("no tray: %s; serving headless", reason)
         return False
-    quitting = threading.Event()
+    quitting, quit_lock = threading.Event(), threading.Lock()
     icon: Any = None
 
     def quit() -> None:
-        quitting.set()
+        with quit_lock:  # the menu and a signal (seen twice: handler and wakeup fd) may all ask
+            if quitting.is_set():
+                return
+            quitting.set()
         refresher.stop()
         icon.stop()  # does nothing until the loop runs; then setup() sees `quitting`
 
@@ -388,7 +392,9 @@ def run_tray(
         icon.visible = True
         refresher.thread.start()
 
-    previous = _on_signals(lambda: threading.Thread(target=quit, name="sorat-quit", daemon=True).start())
+    restore_signals = _on_signals(
+        lambda: threading.Thread(target=quit, name="sorat-quit", daemon=True).start()
+    )
     try:
         daemon.start_thread()
         started = daemon.state.get()
@@ -409,7 +415,7 @@ def run_tray(
         return True
     finally:
         refresher.stop()
-        _restore_signals(previous)
+        restore_signals()
 
 
 def _release_setup_thread(icon: Any) -> None:
@@ -421,18 +427,44 @@ def _release_setup_thread(icon: Any) -> None:
         ready.put(True)
 
 
-def _on_signals(handler: Callable[[], None]) -> dict[int, Any]:
-    """SIGINT and SIGTERM (logout, ``kill``) quit like the menu does. Handlers only run on the main thread."""
-    previous: dict[int, Any] = {}
+def _on_signals(handler: Callable[[], None]) -> Callable[[], None]:
+    """SIGINT and SIGTERM (logout, ``kill``) quit like the menu does; returns the function that undoes this.
+
+    Python runs signal handlers on the main thread between bytecodes, but the GUI loop may sit blocked in C
+    (a select on the X socket) while the OS delivers the signal to another thread: then the handler waits
+    for the next GUI event. The wakeup fd is written at once from any thread, so a watcher thread reads it
+    and quits without waiting."""
     if threading.current_thread() is not threading.main_thread():
-        return previous
+        return lambda: None
+    previous: dict[int, Any] = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(ValueError, OSError):
             previous[sig] = signal.signal(sig, lambda signum, frame: handler())
-    return previous
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    try:
+        old_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    except (ValueError, OSError):
+        old_fd = None
 
+    def watch() -> None:
+        with contextlib.suppress(OSError):
+            if reader.recv(1):
+                handler()
 
-def _restore_signals(previous: dict[int, Any]) -> None:
-    for sig, handler in previous.items():
-        with contextlib.suppress(ValueError, OSError, TypeError):
-            signal.signal(sig, handler)
+    if old_fd is not None:
+        threading.Thread(target=watch, name="sorat-signals", daemon=True).start()
+
+    def restore() -> None:
+        if old_fd is not None:
+            with contextlib.suppress(ValueError, OSError):
+                signal.set_wakeup_fd(old_fd)
+        for sig, old in previous.items():
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                signal.signal(sig, old)
+        with contextlib.suppress(OSError):
+            reader.shutdown(socket.SHUT_RDWR)  # ends the watcher's recv
+        reader.close()
+        writer.close()
+
+    return restore
