@@ -291,8 +291,10 @@ def _kind(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
-def parse_arguments(tool: Tool, arguments: str | None) -> dict[str, Any]:
+def parse_arguments(tool: Tool, arguments: str | Mapping[str, Any] | None) -> dict[str, Any]:
     """The model's JSON text as checked keyword arguments; ValueError says what is wrong."""
+    if isinstance(arguments, Mapping):  # some providers send the object itself
+        return _check_object(dict(arguments), tool.parameters, "")
     text = (arguments or "").strip()
     if not text:
         data: Any = {}
@@ -319,8 +321,8 @@ def _error(message: str) -> str:
     return orjson.dumps({"error": message}).decode()
 
 
-def _shorten(text: str, limit: int = _LOG_ARGS_CHARS) -> str:
-    text = " ".join((text or "").split())
+def _shorten(value: object, limit: int = _LOG_ARGS_CHARS) -> str:
+    text = " ".join(str(value or "").split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
