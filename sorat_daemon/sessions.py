@@ -460,8 +460,9 @@ def _read_meta(path: Path) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) else None
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+def _write_atomic(path: Path, data: bytes, run: str) -> None:
+    """``run`` names the store instance in the temp file's name: the repair removes only other runs' temps."""
+    tmp = path.with_name(f".{path.name}.{run}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY | _O_NOFOLLOW, 0o600)
     try:
         _write_all(fd, data)
@@ -601,14 +602,14 @@ def _row_from_meta(key: str, meta: dict[str, Any] | None, size: int | None) -> t
     return (key, sid, shown, meta["model"], created, updated, count, lookup, version)
 
 
-def _scan(root: Path) -> list[tuple[str, dict[str, Any] | None, int | None]]:
+def _scan(root: Path, run: str) -> list[tuple[str, dict[str, Any] | None, int | None]]:
     metas: set[str] = set()
     sizes: dict[str, int] = {}
     with os.scandir(root) as entries:
         for entry in entries:
             name = entry.name
             if name.startswith("."):
-                if name.endswith(".tmp"):  # left by a crash between write and rename
+                if name.endswith(".tmp") and f".{run}." not in name:  # a crash between write and rename
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
                 continue
@@ -622,6 +623,17 @@ def _scan(root: Path) -> list[tuple[str, dict[str, Any] | None, int | None]]:
             meta = _read_meta(root / f"{key}.json") if key in metas else None
             out.append((key, meta, sizes.get(key)))
     return out
+
+
+def _disk_keys(root: Path) -> set[str]:
+    keys = set()
+    with os.scandir(root) as entries:
+        for entry in entries:
+            name = entry.name
+            key = name[: -len(".jsonl")] if name.endswith(".jsonl") else name.removesuffix(".json")
+            if key != name and valid_session_id(key) and key == _key(key):
+                keys.add(key)
+    return keys
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -707,6 +719,9 @@ class _Index:
 
     def delete(self, key: str) -> None:
         self._db().execute("DELETE FROM sessions WHERE key = ?", (key,))
+
+    def keys(self) -> set[str]:
+        return {key for (key,) in self._db().execute("SELECT key FROM sessions")}
 
     def prune(self) -> None:
         """Drops rows whose files are gone."""
@@ -843,6 +858,7 @@ class SessionStore:
         self._repair: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._open = False
+        self._run = secrets.token_hex(4)
 
     async def __aenter__(self) -> SessionStore:
         await self.open()
@@ -866,6 +882,7 @@ class SessionStore:
         self._trusted = bool(token) and token == clean
         if self._trusted:
             self._ready.set()
+            self._repair = asyncio.create_task(self._verify_index(), name="sorat-sessions-verify")
         else:
             log.info("session index not closed cleanly: rebuilding it in the background")
             self._repair = asyncio.create_task(self._rebuild_index(), name="sorat-sessions-repair")
@@ -887,7 +904,7 @@ class SessionStore:
         if self._trusted and not self._slots:
             token = secrets.token_hex(16)
             await self._db(self._index.set_clean, token)
-            await asyncio.to_thread(_write_atomic, self.root / _CLEAN, token.encode())
+            await asyncio.to_thread(_write_atomic, self.root / _CLEAN, token.encode(), self._run)
         await self._db(self._index.close)
         assert self._db_thread is not None
         self._db_thread.shutdown(wait=True)
@@ -895,8 +912,10 @@ class SessionStore:
         self._cache.clear()
 
     async def ready(self) -> None:
-        """Waits until the index is right (after a repair)."""
+        """Waits until the index is right and checked against the files."""
         await self._ready.wait()
+        if self._repair is not None and not self._repair.done():
+            await asyncio.wait([self._repair])
 
     async def flush(self) -> None:
         """fsyncs every file written so far."""
@@ -1113,7 +1132,7 @@ class SessionStore:
                 return
             session.version += 1
             meta = session.meta()
-            await asyncio.to_thread(_write_atomic, _paths(self.root, session.key)[1], _dumps(meta))
+            await asyncio.to_thread(_write_atomic, _paths(self.root, session.key)[1], _dumps(meta), self._run)
             self._dir_dirty = True
             self._wake.set()
             row = _row_from_meta(session.key, meta, meta["size"])
@@ -1185,7 +1204,7 @@ class SessionStore:
 
     async def _rebuild_index(self) -> None:
         try:
-            entries = await asyncio.to_thread(_scan, self.root)
+            entries = await asyncio.to_thread(_scan, self.root, self._run)
             rows, stale = [], []
             for key, meta, size in entries:
                 row = _row_from_meta(key, meta, size)
@@ -1208,6 +1227,20 @@ class SessionStore:
             log.exception("rebuilding the session index failed; listing may be incomplete")
         finally:
             self._ready.set()
+
+    async def _verify_index(self) -> None:
+        """A trusted index may still miss files added or removed while sorat was not running: one
+        directory listing finds out, and a rebuild follows (listing does not wait for it)."""
+        try:
+            disk = await asyncio.to_thread(_disk_keys, self.root)
+            if disk != await self._db(self._index.keys):
+                log.info("session files changed while sorat was stopped: rebuilding the index")
+                self._trusted = False
+                await self._rebuild_index()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("checking the session index failed")
 
     async def _flush_loop(self) -> None:
         while True:

@@ -577,6 +577,21 @@ async def test_close_during_the_rebuild_leaves_it_to_the_next_open(root: Path) -
         assert [r["id"] for r in rows] == ids[::-1]
 
 
+async def test_files_changed_while_stopped_are_noticed(tmp_path: Path, root: Path) -> None:
+    await make_sessions(root, 3)
+    elsewhere = tmp_path / "elsewhere"
+    async with SessionStore(elsewhere) as store:
+        await answer(store, "a.json", [user("copied in")], "yes")  # a name that tests the suffixes
+    for name in ("a.json.json", "a.json.jsonl"):
+        shutil.copy(elsewhere / name, root / name)
+    (root / "s001.json").unlink()
+    (root / "s001.jsonl").unlink()
+    async with SessionStore(root) as store:
+        await store.ready()
+        rows, _ = await store.list()
+        assert sorted(r["id"] for r in rows) == ["a.json", "s000", "s002"]
+
+
 async def test_corrupt_index_is_rebuilt(root: Path) -> None:
     await make_sessions(root, 3)
     remove_index(root)
