@@ -19,6 +19,9 @@ killed process loses at most the line being written and an OS crash about the la
   itself, ``null`` = nothing (an internal tool result), an object = a projection (an assistant message
   without its internal ``tool_calls``). A ``supersede`` record marks earlier messages (by ``seq``) as
   replaced by an edit or a regenerate: they stay in the file but are never sent to the model again.
+  The *visible conversation* (compared with requests, hashed for the lookup, counted in
+  ``message_count``) is the sequence of ``visible`` projections of active records, where consecutive
+  assistant projections of one turn make one message: the client saw one streamed message.
   A torn last line is skipped on read and cut off before the next append; unknown records are skipped.
 
 ``<key>.json``: the metadata, rewritten atomically (temp file, fsync, rename) when a turn starts a
@@ -38,7 +41,10 @@ conversation hash and an update of one row are each an indexed query, where a JS
 rewritten whole on every turn and sorted on every listing.
 ``.clean``: a random token also written into the index on a clean close. On open, a missing or
 different token (a crash, or an index deleted or restored from elsewhere) makes a background task
-rebuild the index from the files; listing and the hash lookup wait for it, nothing else does.
+rebuild the index from the files; listing and the hash lookup wait for it, nothing else does. A
+trusted index is still compared with the directory listing in the background (files copied in or
+removed while sorat was stopped).
+``.<name>.<run>.<random>.tmp``: a metadata write in flight; a crash's leftovers go at the next rebuild.
 """
 
 from __future__ import annotations
