@@ -8,6 +8,7 @@ the conversation goes to ``record`` as soon as it exists (the session store writ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,58 +112,27 @@ async def run(
         last = rounds >= opts.max_iterations
         tool_choice = "none" if (last and tools) else opts.tool_choice
         call = ModelCall(opts.model, messages, tools or None, tool_choice, opts.params)
-        text: list[str] = []
-        reasoning: list[str] = []
-        acc = wire.ToolCallAccumulator()
-        finish = "stop"
-        answered = False
-        call_usage: JSON | None = None
+        r = _Round()
         try:
             while True:
                 try:
-                    if opts.stream:
-                        async for d in model.stream(call):
-                            answered = True
-                            if d.content:
-                                text.append(d.content)
-                                yield Text(d.content)
-                            if d.reasoning:
-                                reasoning.append(d.reasoning)
-                                yield Reasoning(d.reasoning)
-                            if d.tool_calls:
-                                acc.add(d.tool_calls)
-                            if d.finish_reason:
-                                finish = d.finish_reason
-                            if d.usage:
-                                call_usage = d.usage  # the last one seen: some providers send it cumulatively
-                        usage = wire.add_usage(usage, call_usage)
-                        break
-                    result = await model.complete(call)
-                    answered = True
-                    msg = result.message
-                    if msg.get("content"):
-                        text.append(msg["content"])
-                        yield Text(msg["content"])
-                    if msg.get("reasoning_content"):
-                        reasoning.append(msg["reasoning_content"])
-                        yield Reasoning(msg["reasoning_content"])
-                    if msg.get("tool_calls"):
-                        acc.add(_as_deltas(msg["tool_calls"]))
-                    finish = result.finish_reason
-                    usage = wire.add_usage(usage, result.usage)
+                    async with contextlib.aclosing(_call_model(model, call, opts.stream, r)) as events:
+                        async for event in events:
+                            yield event
                     break
                 except ContextWindowExceeded:
-                    if answered:
-                        raise
-                    shorter = drop_oldest_turn(call.messages)
+                    shorter = None if r.answered else drop_oldest_turn(call.messages)
                     if shorter is None:
                         raise
                     call = ModelCall(opts.model, shorter, call.tools, call.tool_choice, opts.params)
         except BaseException:
-            if text:  # what was said is kept, even when the provider or the client went away
-                partial = {"role": "assistant", "content": "".join(text)}
+            if r.text:  # what was said is kept, even when the provider or the client went away
+                partial = {"role": "assistant", "content": "".join(r.text)}
                 await asyncio.shield(record(partial, visible=partial))
             raise
+        usage = wire.add_usage(usage, r.usage) if r.usage or usage else None
+        text, reasoning, finish = r.text, r.reasoning, r.finish
+        acc = r.acc
         said.extend(text)
         reasoning_said.extend(reasoning)
         calls = acc.calls()
@@ -200,6 +170,50 @@ async def run(
             yield Done("tool_calls", usage, whole)
             return
         rounds += 1
+
+
+@dataclass(slots=True)
+class _Round:
+    """What one model call said."""
+
+    text: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    acc: wire.ToolCallAccumulator = field(default_factory=wire.ToolCallAccumulator)
+    finish: str = "stop"
+    usage: JSON | None = None
+    answered: bool = False
+
+
+async def _call_model(model: ModelClient, call: ModelCall, stream: bool, r: _Round) -> AsyncIterator[Event]:
+    if not stream:
+        result = await model.complete(call)
+        r.answered = True
+        msg = result.message
+        if msg.get("content"):
+            r.text.append(msg["content"])
+            yield Text(msg["content"])
+        if msg.get("reasoning_content"):
+            r.reasoning.append(msg["reasoning_content"])
+            yield Reasoning(msg["reasoning_content"])
+        if msg.get("tool_calls"):
+            r.acc.add(_as_deltas(msg["tool_calls"]))
+        r.finish, r.usage = result.finish_reason, result.usage
+        return
+    async with contextlib.aclosing(model.stream(call)) as deltas:  # type: ignore[type-var]
+        async for d in deltas:
+            r.answered = True
+            if d.content:
+                r.text.append(d.content)
+                yield Text(d.content)
+            if d.reasoning:
+                r.reasoning.append(d.reasoning)
+                yield Reasoning(d.reasoning)
+            if d.tool_calls:
+                r.acc.add(d.tool_calls)
+            if d.finish_reason:
+                r.finish = d.finish_reason
+            if d.usage:
+                r.usage = d.usage  # the last one seen: some providers repeat it cumulatively
 
 
 def _as_deltas(tool_calls: list[JSON]) -> list[ToolCallDelta]:

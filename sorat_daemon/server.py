@@ -84,7 +84,7 @@ def create_app(rt: Runtime) -> Quart:
             raise PermissionDenied(
                 "Origin not allowed; add it to [server] allowed_origins in config.toml to accept it"
             )
-        if request.method == "OPTIONS":
+        if request.method == "OPTIONS":  # a CORS preflight, on any path: browsers send it without a token
             return Response(b"", status=204)
         if request.path == "/health":
             return None
@@ -115,9 +115,20 @@ def create_app(rt: Runtime) -> Quart:
             _access(request.method, request.path, response.status_code, g.get("start"), sid)
         return response
 
+    async def settle_body(resp: Response) -> Response:
+        """Read an unread small body before answering early (401, 403, 405…), so the connection can be
+        reused; a large one is left unread and the connection closed, which the client is told."""
+        length = request.content_length
+        if length:
+            if length <= 1024 * 1024:
+                await request.get_data(cache=False)
+            else:
+                resp.headers["Connection"] = "close"
+        return resp
+
     @app.errorhandler(SoratError)
     async def sorat_error(err: SoratError) -> Response:
-        return error_response(err)
+        return await settle_body(error_response(err))
 
     @app.errorhandler(HTTPException)
     async def http_error(err: HTTPException) -> Response:
@@ -128,7 +139,7 @@ def create_app(rt: Runtime) -> Quart:
         resp = _json(out.body(), status)
         if status == 405 and err.valid_methods:  # type: ignore[attr-defined]
             resp.headers["Allow"] = ", ".join(err.valid_methods)  # type: ignore[attr-defined]
-        return resp
+        return await settle_body(resp)
 
     @app.errorhandler(Exception)
     async def bug(err: Exception) -> Response:
@@ -185,10 +196,6 @@ def create_app(rt: Runtime) -> Quart:
     async def delete_session(session_id: str) -> Response:
         if not await rt.store.delete(session_id):
             raise NotFound(f"No session {session_id!r}")
-        return Response(b"", status=204)
-
-    @app.route("/<path:_any>", methods=["OPTIONS"])
-    async def preflight(_any: str) -> Response:
         return Response(b"", status=204)
 
     @app.post("/v1/chat/completions")

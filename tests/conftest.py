@@ -56,6 +56,7 @@ class DaemonProc:
         self.token = ""
 
     def start(self, timeout: float = 20) -> DaemonProc:
+        self.home.mkdir(parents=True, exist_ok=True)
         log = open(self.home / "daemon-stderr.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sorat_daemon", "serve", "--port", "0", *self.args],
