@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,7 +96,7 @@ async def run(
     conversation: list[Message],
     opts: RunOptions,
     record: Recorder = _nothing,
-) -> AsyncIterator[Event]:
+) -> AsyncGenerator[Event, None]:
     """Run one request to its final answer, yielding events as they happen."""
     messages = list(conversation)
     if opts.system_prompt:
@@ -184,7 +184,9 @@ class _Round:
     answered: bool = False
 
 
-async def _call_model(model: ModelClient, call: ModelCall, stream: bool, r: _Round) -> AsyncIterator[Event]:
+async def _call_model(
+    model: ModelClient, call: ModelCall, stream: bool, r: _Round
+) -> AsyncGenerator[Event, None]:
     if not stream:
         result = await model.complete(call)
         r.answered = True
@@ -232,7 +234,8 @@ async def _run_tools(
     if not calls:
         return
     tasks = [
-        asyncio.ensure_future(toolset.call(c["function"]["name"], c["function"]["arguments"], ctx)) for c in calls
+        asyncio.ensure_future(toolset.call(c["function"]["name"], c["function"]["arguments"], ctx))
+        for c in calls
     ]
     try:
         pending = set(tasks)

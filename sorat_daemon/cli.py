@@ -1,4 +1,4 @@
-"""The ``sorat`` command: parse, wire objects, call. Heavy modules are imported by the command that needs them."""
+"""The ``sorat`` command: parse, wire objects, call. Heavy modules load in the command that needs them."""
 
 from __future__ import annotations
 
@@ -43,7 +43,9 @@ def _settings(home: Home, args: argparse.Namespace | None = None) -> config.Sett
             server = replace(server, host=args.host)
         if args.port is not None:
             if not 0 <= args.port <= 65535:
-                raise config.ConfigError(home.config, "--port", f"must be between 0 and 65535, not {args.port}")
+                raise config.ConfigError(
+                    home.config, "--port", f"must be between 0 and 65535, not {args.port}"
+                )
             server = replace(server, port=args.port)
         settings = replace(settings, server=server)
     return settings

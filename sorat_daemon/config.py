@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -135,8 +136,9 @@ def _strings(file: Path, key: str, values: list[Any]) -> tuple[str, ...]:
     return tuple(values)
 
 
-def parse(text: str, file: Path, env: dict[str, str] | None = None) -> Settings:
-    env = os.environ if env is None else env  # type: ignore[assignment]
+def parse(text: str, file: Path, env: Mapping[str, str] | None = None) -> Settings:
+    if env is None:
+        env = os.environ
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -153,7 +155,9 @@ def parse(text: str, file: Path, env: dict[str, str] | None = None) -> Settings:
         host=s.get("host", "127.0.0.1"),
         port=port,
         allowed_origins=_strings(file, "server.allowed_origins", s.get("allowed_origins", [])),
-        allowed_hosts=tuple(h.lower() for h in _strings(file, "server.allowed_hosts", s.get("allowed_hosts", []))),
+        allowed_hosts=tuple(
+            h.lower() for h in _strings(file, "server.allowed_hosts", s.get("allowed_hosts", []))
+        ),
     )
 
     a = _table(file, data, "agent", _AGENT_KEYS, "agent.")
@@ -180,17 +184,19 @@ def parse(text: str, file: Path, env: dict[str, str] | None = None) -> Settings:
             if not p.get(required, "").strip():
                 raise ConfigError(file, prefix + required, "is required")
         if not p["base_url"].startswith(("http://", "https://")):
-            raise ConfigError(file, prefix + "base_url", f"must start with http:// or https://, not {p['base_url']!r}")
-        key = p.get("api_key")
-        if key is None and p.get("api_key_env"):
-            key = env.get(p["api_key_env"]) or None
-            if key is None:
+            raise ConfigError(
+                file, prefix + "base_url", f"must start with http:// or https://, not {p['base_url']!r}"
+            )
+        api_key: str | None = p.get("api_key")
+        if api_key is None and p.get("api_key_env"):
+            api_key = env.get(p["api_key_env"]) or None
+            if api_key is None:
                 log.warning("%s: %sapi_key_env: $%s is not set", file, prefix, p["api_key_env"])
         providers.append(
             ProviderSettings(
                 name=p["name"],
                 base_url=p["base_url"].rstrip("/"),
-                api_key=key,
+                api_key=api_key,
                 api_key_env=p.get("api_key_env"),
                 models=_strings(file, prefix + "models", p.get("models", [])),
             )
@@ -205,14 +211,14 @@ def parse(text: str, file: Path, env: dict[str, str] | None = None) -> Settings:
     return Settings(server=server, agent=agent, providers=tuple(providers), file=file)
 
 
-def _fallback_providers(env: Any) -> list[ProviderSettings]:
+def _fallback_providers(env: Mapping[str, str]) -> list[ProviderSettings]:
     if env.get("OPENAI_API_KEY"):
         base = env.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
         return [ProviderSettings(name="openai", base_url=base.rstrip("/"), api_key=env["OPENAI_API_KEY"])]
     return [ProviderSettings(name="ollama", base_url=OLLAMA_URL, probe=True)]
 
 
-def load(file: Path, env: dict[str, str] | None = None) -> Settings:
+def load(file: Path, env: Mapping[str, str] | None = None) -> Settings:
     """Read ``file``; an absent file gives the defaults."""
     try:
         text = file.read_text(encoding="utf-8")

@@ -84,15 +84,8 @@ class Runtime:
 
     def after_answer(self, turn: Any, model: str, answer: Message) -> None:
         """A title for a new session, asked in the background once its first answer exists."""
-        if not turn.needs_title:
-            return
-        from sorat_daemon.titles import title_messages
-
-        first_user = next((m for m in turn.messages if m.get("role") == "user"), None)
-        if first_user is None:
-            return
-        text = _text(first_user.get("content"))
-        self.titles.submit(turn.id, title_messages(text, _text(answer.get("content"))))
+        if turn.needs_title:
+            self.titles.submit(turn.id, [*turn.messages, answer])
 
     async def _generate_title(self, messages: list[Message]) -> str:
         provider, model = self.pool.resolve(None, self.active_model)
@@ -108,7 +101,9 @@ class Runtime:
         def wanted(change: Any, path: str) -> bool:
             return Path(path).name in names
 
-        async for _ in watchfiles.awatch(self.home.root, watch_filter=wanted, debounce=100, step=50, recursive=False):
+        async for _ in watchfiles.awatch(
+            self.home.root, watch_filter=wanted, debounce=100, step=50, recursive=False
+        ):
             token = tokens.read(self.home.token)
             if token and token != self.token:
                 log.info("bearer token changed on disk; the old one no longer works")
@@ -259,7 +254,7 @@ class Daemon:
             if on_ready:
                 on_ready(url)
             try:
-                await serve(app, hc, shutdown_trigger=self._shutdown.wait)  # type: ignore[arg-type]
+                await serve(app, hc, shutdown_trigger=self._shutdown.wait)
             finally:
                 log.info("stopping: saving sessions")
                 await rt.aclose()

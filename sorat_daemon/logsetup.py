@@ -18,7 +18,9 @@ def configure(logs: Path, *, stderr: bool = True, level: int = logging.INFO) -> 
     root.propagate = False
     for h in list(root.handlers):
         root.removeHandler(h)
-    handler = logging.handlers.RotatingFileHandler(file, maxBytes=5 * 1024 * 1024, backupCount=3, encoding="utf-8")
+    handler = logging.handlers.RotatingFileHandler(
+        file, maxBytes=5 * 1024 * 1024, backupCount=3, encoding="utf-8"
+    )
     handler.setFormatter(logging.Formatter(FORMAT))
     root.addHandler(handler)
     if stderr:

@@ -10,7 +10,7 @@ import contextlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from quart import Quart, Response, g, request
@@ -60,7 +60,9 @@ def host_name(host: str) -> str:
 
 def create_app(rt: Runtime) -> Quart:
     app = Quart("sorat_daemon")
-    app.config.update(MAX_CONTENT_LENGTH=MAX_BODY, RESPONSE_TIMEOUT=None, BODY_TIMEOUT=60, PROVIDE_AUTOMATIC_OPTIONS=False)
+    app.config.update(
+        MAX_CONTENT_LENGTH=MAX_BODY, RESPONSE_TIMEOUT=None, BODY_TIMEOUT=60, PROVIDE_AUTOMATIC_OPTIONS=False
+    )
     app.runtime = rt  # type: ignore[attr-defined]
     server = rt.settings.server
     allowed_hosts = LOCAL_HOSTS | set(server.allowed_hosts)
@@ -134,7 +136,10 @@ def create_app(rt: Runtime) -> Quart:
     async def http_error(err: HTTPException) -> Response:
         status = err.code or 500
         kind = _HTTP_TYPES.get(status, RequestError if status < 500 else SoratError)
-        message = {404: f"No route {request.path}", 405: f"Method {request.method} not allowed on {request.path}"}
+        message = {
+            404: f"No route {request.path}",
+            405: f"Method {request.method} not allowed on {request.path}",
+        }
         out = kind(message.get(status, err.description or err.name))
         resp = _json(out.body(), status)
         if status == 405 and err.valid_methods:  # type: ignore[attr-defined]
@@ -155,7 +160,12 @@ def create_app(rt: Runtime) -> Quart:
         active = rt.active_model
         owners = dict(rt.pool.models())
         data = [
-            {"id": active, "object": "model", "created": CREATED, "owned_by": owners.get(active, rt.pool.default_owner())},
+            {
+                "id": active,
+                "object": "model",
+                "created": CREATED,
+                "owned_by": owners.get(active, rt.pool.default_owner()),
+            },
             {"id": "sorat-agent", "object": "model", "created": CREATED, "owned_by": "sorat"},
         ]
         data += [
@@ -200,11 +210,13 @@ def create_app(rt: Runtime) -> Quart:
 
     @app.post("/v1/chat/completions")
     async def chat() -> Response:
-        body = await request.get_data(cache=False)
+        body: bytes = await request.get_data(cache=False, as_text=False)  # type: ignore[assignment]
         if len(body) > MAX_BODY:
             raise PayloadTooLarge("Request body larger than 16 MiB")
         req = wire.parse_chat_request(body)
-        events_mode = request.headers.get("X-Sorat-Tool-Events", rt.agent_settings.tool_events).strip().lower()
+        events_mode = (
+            request.headers.get("X-Sorat-Tool-Events", rt.agent_settings.tool_events).strip().lower()
+        )
         if events_mode not in TOOL_EVENTS:
             raise RequestError(
                 "X-Sorat-Tool-Events must be tool_calls, reasoning or none", param="X-Sorat-Tool-Events"
@@ -237,7 +249,9 @@ def create_app(rt: Runtime) -> Quart:
                 rt.after_answer(turn, model, done.message)
                 cid = wire.new_id()
                 message = dict(done.message)
-                return _json(wire.completion(cid, int(time.time()), model, message, done.finish_reason, done.usage))
+                return _json(
+                    wire.completion(cid, int(time.time()), model, message, done.finish_reason, done.usage)
+                )
             try:
                 first = await anext(events)  # headers go out when the model's first answer begins
             except BaseException:
@@ -258,12 +272,14 @@ def create_app(rt: Runtime) -> Quart:
     return app
 
 
-def _access(method: str, path: str, status: int, start: float | None, sid: str | None, note: str = "") -> None:
+def _access(
+    method: str, path: str, status: int, start: float | None, sid: str | None, note: str = ""
+) -> None:
     ms = (time.perf_counter() - start) * 1000 if start else 0.0
     access_log.info("%s %s %d %.1fms session=%s%s", method, path, status, ms, sid or "-", note)
 
 
-async def _drain(events: AsyncIterator[agent.Event]) -> agent.Done:
+async def _drain(events: AsyncGenerator[agent.Event, None]) -> agent.Done:
     async for ev in events:
         if isinstance(ev, agent.Done):
             return ev
@@ -273,7 +289,7 @@ async def _drain(events: AsyncIterator[agent.Event]) -> agent.Done:
 async def _frames(
     rt: Runtime,
     first: agent.Event,
-    events: AsyncIterator[agent.Event],
+    events: AsyncGenerator[agent.Event, None],
     stack: contextlib.AsyncExitStack,
     turn: Any,
     model: str,
@@ -325,7 +341,7 @@ async def _frames(
         raise
     finally:
         with contextlib.suppress(Exception):
-            await events.aclose()  # type: ignore[attr-defined]
+            await events.aclose()
         await stack.aclose()
         _access("POST", "/v1/chat/completions", 200, start, turn.id, f" stream={status}")
     yield wire.DONE

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-
 if TYPE_CHECKING:
     from tests.upstream import Upstream
 
@@ -30,7 +29,8 @@ def write_config(
     home.mkdir(parents=True, exist_ok=True)
     text = f'{extra}\n[agent]\nmodel = "{model}"\n{agent}\n'
     if upstream_url:
-        text += f'\n[[providers]]\nname = "scripted"\nbase_url = "{upstream_url}"\napi_key = "sk-upstream-secret"\n'
+        text += f'\n[[providers]]\nname = "scripted"\nbase_url = "{upstream_url}"\n'
+        text += 'api_key = "sk-upstream-secret"\n'
     (home / "config.toml").write_text(text, encoding="utf-8")
 
 

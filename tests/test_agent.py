@@ -79,18 +79,33 @@ async def collect(model: Any, toolset: Toolset, ctx: ToolContext, opts: agent.Ru
     async def rec(message: dict[str, Any], *, visible: Any = ...) -> None:
         recorded.append((message, visible))
 
-    events = [e async for e in agent.run(model, toolset, ctx, [{"role": "user", "content": "hi"}], opts, record or rec)]
+    events = [
+        e
+        async for e in agent.run(
+            model, toolset, ctx, [{"role": "user", "content": "hi"}], opts, record or rec
+        )
+    ]
     return events, recorded
 
 
 @pytest.mark.parametrize("stream", [True, False])
 async def test_text_answer(ctx: ToolContext, stream: bool) -> None:
-    model = ScriptedModel([Delta(content="Hel"), Delta(content="lo"), Delta(finish_reason="stop", usage={"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5})])
+    model = ScriptedModel(
+        [
+            Delta(content="Hel"),
+            Delta(content="lo"),
+            Delta(
+                finish_reason="stop", usage={"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+            ),
+        ]
+    )
     events, recorded = await collect(model, Toolset([echo]), ctx, agent.RunOptions("m", stream=stream))
     done = events[-1]
     assert isinstance(done, agent.Done)
     assert done.message["content"] == "Hello" and done.finish_reason == "stop"
-    assert recorded == [({"role": "assistant", "content": "Hello"}, {"role": "assistant", "content": "Hello"})]
+    assert recorded == [
+        ({"role": "assistant", "content": "Hello"}, {"role": "assistant", "content": "Hello"})
+    ]
     assert model.calls[0].tools and model.calls[0].tools[0]["function"]["name"] == "echo"
 
 
@@ -98,7 +113,11 @@ async def test_text_answer(ctx: ToolContext, stream: bool) -> None:
 async def test_tool_round_then_answer_sums_usage(ctx: ToolContext, stream: bool) -> None:
     u = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
     model = ScriptedModel(
-        [Delta(content="Looking. "), Delta(tool_calls=[call("echo", {"text": "pong"})]), Delta(finish_reason="tool_calls", usage=u)],
+        [
+            Delta(content="Looking. "),
+            Delta(tool_calls=[call("echo", {"text": "pong"})]),
+            Delta(finish_reason="tool_calls", usage=u),
+        ],
         [Delta(content="It said pong."), Delta(finish_reason="stop", usage=u)],
     )
     events, recorded = await collect(model, Toolset([echo]), ctx, agent.RunOptions("m", stream=stream))
@@ -112,7 +131,7 @@ async def test_tool_round_then_answer_sums_usage(ctx: ToolContext, stream: bool)
     second = model.calls[1].messages
     assert second[-1]["role"] == "tool" and second[-1]["content"] == "pong"
     assert second[-2]["tool_calls"][0]["function"]["name"] == "echo"
-    # stored once each: the assistant's call (visible as its text), the internal result (invisible), the answer
+    # stored once each: the call (visible as its text), the internal result (invisible), the answer
     assert [r[0]["role"] for r in recorded] == ["assistant", "tool", "assistant"]
     assert recorded[0][1] == {"role": "assistant", "content": "Looking. "}
     assert recorded[1][1] is None
@@ -135,7 +154,9 @@ async def test_calls_of_one_round_run_concurrently(ctx: ToolContext) -> None:
         await asyncio.wait_for(a_started.wait(), 5)
         return "b"
 
-    model = ScriptedModel([Delta(tool_calls=[call("wait_a", {}, 0), call("wait_b", {}, 1)]), Delta(finish_reason="tool_calls")])
+    model = ScriptedModel(
+        [Delta(tool_calls=[call("wait_a", {}, 0), call("wait_b", {}, 1)]), Delta(finish_reason="tool_calls")]
+    )
     events, _ = await collect(model, Toolset([wait_a, wait_b]), ctx, agent.RunOptions("m"))
     results = [m["content"] for m in model.calls[1].messages if m["role"] == "tool"]
     assert results == ["a", "b"]
@@ -161,8 +182,12 @@ async def test_max_iterations_then_final_answer_without_tools(ctx: ToolContext) 
 
 async def test_client_tools_are_returned_to_the_client(ctx: ToolContext) -> None:
     client_tool = {"type": "function", "function": {"name": "open_tab", "parameters": {"type": "object"}}}
-    model = ScriptedModel([Delta(tool_calls=[call("echo", {"text": "x"}, 0), call("open_tab", {"url": "u"}, 1)])])
-    events, recorded = await collect(model, Toolset([echo]), ctx, agent.RunOptions("m", client_tools=[client_tool]))
+    model = ScriptedModel(
+        [Delta(tool_calls=[call("echo", {"text": "x"}, 0), call("open_tab", {"url": "u"}, 1)])]
+    )
+    events, recorded = await collect(
+        model, Toolset([echo]), ctx, agent.RunOptions("m", client_tools=[client_tool])
+    )
     done = events[-1]
     assert isinstance(done, agent.Done) and done.finish_reason == "tool_calls"
     assert [c["function"]["name"] for c in done.message["tool_calls"]] == ["open_tab"]

@@ -21,7 +21,9 @@ from tests.upstream import Upstream, text
 USER = [{"role": "user", "content": "hi"}]
 
 
-def sorat(home: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def sorat(
+    home: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "sorat_daemon", *args],
         env=env or clean_env(home),
@@ -61,7 +63,11 @@ def test_token_created_private_and_stable(home: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "needle"),
-    [("[server]\nport = 'eighty'\n", "server.port"), ("[agent\n", "invalid TOML"), ("[agent]\ntool_events = 'x'\n", "agent.tool_events")],
+    [
+        ("[server]\nport = 'eighty'\n", "server.port"),
+        ("[agent\n", "invalid TOML"),
+        ("[agent]\ntool_events = 'x'\n", "agent.tool_events"),
+    ],
 )
 def test_broken_config_is_one_line(home: Path, text: str, needle: str) -> None:
     home.mkdir(parents=True)
@@ -127,7 +133,11 @@ def test_no_provider_gives_503_that_says_how(home: Path) -> None:
         r = httpx.post(d.url + "/v1/chat/completions", json={"messages": USER}, headers=d.headers())
         assert r.status_code == 503
         err = r.json()["error"]
-        assert err["type"] == "api_error" and "[[providers]]" in err["message"] and "OPENAI_API_KEY" in err["message"]
+        assert (
+            err["type"] == "api_error"
+            and "[[providers]]" in err["message"]
+            and "OPENAI_API_KEY" in err["message"]
+        )
         assert httpx.get(d.url + "/health").status_code == 200
     finally:
         d.stop()
@@ -141,7 +151,9 @@ def test_openai_env_fallback_and_connection_refused(home: Path) -> None:
     env = clean_env(home, OPENAI_API_KEY="sk-env-secret", OPENAI_BASE_URL=f"http://127.0.0.1:{dead}/v1")
     d = DaemonProc(home, env=env).start()
     try:
-        r = httpx.post(d.url + "/v1/chat/completions", json={"messages": USER}, headers=d.headers(), timeout=30)
+        r = httpx.post(
+            d.url + "/v1/chat/completions", json={"messages": USER}, headers=d.headers(), timeout=30
+        )
         assert r.status_code == 502 and r.json()["error"]["type"] == "api_error"
         assert "sk-env-secret" not in r.text
         assert "sk-env-secret" not in (home / "logs" / "sorat.log").read_text()
@@ -154,10 +166,17 @@ def test_silent_provider_times_out(home: Path, upstream: Upstream) -> None:
     d = DaemonProc(home).start()
     try:
         upstream.script(text("x", hang=True))
-        r = httpx.post(d.url + "/v1/chat/completions", json={"messages": USER}, headers=d.headers(), timeout=30)
+        r = httpx.post(
+            d.url + "/v1/chat/completions", json={"messages": USER}, headers=d.headers(), timeout=30
+        )
         assert r.status_code == 504 and r.json()["error"]["type"] == "api_error"
         upstream.script(text("a b c d", chunks=4, stall_after=2))
-        r = httpx.post(d.url + "/v1/chat/completions", json={"messages": USER, "stream": True}, headers=d.headers(), timeout=30)
+        r = httpx.post(
+            d.url + "/v1/chat/completions",
+            json={"messages": USER, "stream": True},
+            headers=d.headers(),
+            timeout=30,
+        )
         assert r.status_code == 200 and '"error"' in r.text and r.text.endswith("data: [DONE]\n\n")
     finally:
         d.stop()
@@ -179,7 +198,11 @@ def test_model_command_lists_switches_and_the_daemon_follows(home: Path, upstrea
             return str(httpx.get(d.url + "/v1/models", headers=d.headers()).json()["data"][0]["id"])
 
         assert eventually(lambda: first_model() == "gpt-4o-mini", 2.5)
-        r = httpx.post(d.url + "/v1/chat/completions", json={"model": "sorat-agent", "messages": USER}, headers=d.headers())
+        r = httpx.post(
+            d.url + "/v1/chat/completions",
+            json={"model": "sorat-agent", "messages": USER},
+            headers=d.headers(),
+        )
         assert r.json()["model"] == "gpt-4o-mini"
         bad = sorat(home, "model", "no-such-model")
         assert bad.returncode == 1 and "no-such-model" in bad.stderr
@@ -191,9 +214,15 @@ def test_sigterm_stops_gracefully_and_saves(home: Path, upstream: Upstream) -> N
     write_config(home, upstream.base_url)
     d = DaemonProc(home).start()
     upstream.script(text("slow answer in pieces", chunks=5, chunk_delay=0.5))
-    with httpx.Client(timeout=30) as c, c.stream(
-        "POST", d.url + "/v1/chat/completions", json={"messages": USER, "stream": True}, headers=d.headers()
-    ) as r:
+    with (
+        httpx.Client(timeout=30) as c,
+        c.stream(
+            "POST",
+            d.url + "/v1/chat/completions",
+            json={"messages": USER, "stream": True},
+            headers=d.headers(),
+        ) as r,
+    ):
         sid = r.headers["x-session-id"]
         t0 = time.monotonic()
         assert d.proc is not None

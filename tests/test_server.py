@@ -101,7 +101,9 @@ def test_tool_events_modes(daemon: DaemonProc, upstream: Upstream, mode: str) ->
     reasoning = "".join(d.get("reasoning_content") or "" for d in deltas)
     if mode == "tool_calls":
         assert [c["index"] for c in calls] == [0, 1, 2]
-        assert all(c["id"] and c["type"] == "function" and c["function"]["name"] == "get_current_time" for c in calls)
+        assert all(
+            c["id"] and c["type"] == "function" and c["function"]["name"] == "get_current_time" for c in calls
+        )
         assert json.loads(calls[1]["function"]["arguments"]) == {"timezone": "Asia/Tokyo"}
     else:
         assert calls == []
@@ -118,7 +120,10 @@ def test_bad_tool_events_header(daemon: DaemonProc) -> None:
 
 
 def test_client_declared_tools_are_returned_and_continued(daemon: DaemonProc, upstream: Upstream) -> None:
-    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}
+    weather = {
+        "type": "function",
+        "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}},
+    }
     reply = tool_calls([("get_current_time", {}), ("get_weather", {"city": "Oslo"})])
     upstream.script(reply)
     client = daemon.openai()
@@ -135,7 +140,9 @@ def test_client_declared_tools_are_returned_and_continued(daemon: DaemonProc, up
         {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
         {"role": "tool", "tool_call_id": call.id, "content": '{"sky": "sunny"}'},
     ]
-    second = client.chat.completions.create(model="x", messages=follow, tools=[weather], extra_headers={"X-Session-ID": sid})
+    second = client.chat.completions.create(
+        model="x", messages=follow, tools=[weather], extra_headers={"X-Session-ID": sid}
+    )
     assert second.choices[0].message.content == "Sunny in Oslo."
     sent = upstream.requests[-1]["messages"]
     roles = [m["role"] for m in sent]
@@ -143,7 +150,9 @@ def test_client_declared_tools_are_returned_and_continued(daemon: DaemonProc, up
     assert sent[-1]["content"] == '{"sky": "sunny"}'
 
 
-def test_streamed_client_tool_call_and_internal_calls_as_reasoning(daemon: DaemonProc, upstream: Upstream) -> None:
+def test_streamed_client_tool_call_and_internal_calls_as_reasoning(
+    daemon: DaemonProc, upstream: Upstream
+) -> None:
     weather = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
     upstream.script(tool_calls([("get_current_time", {})]), tool_calls([("get_weather", {"city": "Oslo"})]))
     with daemon.openai().chat.completions.stream(model="x", messages=USER, tools=[weather]) as stream:
@@ -181,7 +190,9 @@ def test_reasoning_is_relayed_apart_from_content(daemon: DaemonProc, upstream: U
         {"usage_after_stop", "cr"},
     ],
 )
-def test_quirky_upstreams_become_the_standard_stream(daemon: DaemonProc, upstream: Upstream, quirks: set[str]) -> None:
+def test_quirky_upstreams_become_the_standard_stream(
+    daemon: DaemonProc, upstream: Upstream, quirks: set[str]
+) -> None:
     upstream.script(text("Quirky but fine", chunks=3, quirks=quirks))
     chunks = list(
         daemon.openai().chat.completions.create(
@@ -192,10 +203,16 @@ def test_quirky_upstreams_become_the_standard_stream(daemon: DaemonProc, upstrea
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 15
 
 
-@pytest.mark.parametrize("quirks", [{"whole_tool_calls"}, {"no_index"}, {"index_from_1", "empty_name"}, {"thought_signature"}])
+@pytest.mark.parametrize(
+    "quirks", [{"whole_tool_calls"}, {"no_index"}, {"index_from_1", "empty_name"}, {"thought_signature"}]
+)
 def test_quirky_tool_calls_run(daemon: DaemonProc, upstream: Upstream, quirks: set[str]) -> None:
     upstream.script(
-        tool_calls([("get_current_time", {"timezone": "UTC"}), ("get_current_time", {})], quirks=quirks, finish_reason="stop"),
+        tool_calls(
+            [("get_current_time", {"timezone": "UTC"}), ("get_current_time", {})],
+            quirks=quirks,
+            finish_reason="stop",
+        ),
         text("ok"),
     )
     r = post(daemon, {"messages": USER, "stream": True})
@@ -210,7 +227,10 @@ def test_quirky_tool_calls_run(daemon: DaemonProc, upstream: Upstream, quirks: s
 # -- model routing and parameters -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("asked", "ran"), [("sorat-agent", "gpt-4o"), ("default", "gpt-4o"), ("nope", "gpt-4o"), ("gpt-4o-mini", "gpt-4o-mini")])
+@pytest.mark.parametrize(
+    ("asked", "ran"),
+    [("sorat-agent", "gpt-4o"), ("default", "gpt-4o"), ("nope", "gpt-4o"), ("gpt-4o-mini", "gpt-4o-mini")],
+)
 def test_model_routing(daemon: DaemonProc, upstream: Upstream, asked: str, ran: str) -> None:
     body = post(daemon, {"model": asked, "messages": USER}).json()
     assert body["model"] == ran and upstream.requests[-1]["model"] == ran
@@ -239,8 +259,20 @@ def test_parameters_pass_through(daemon: DaemonProc, upstream: Upstream) -> None
         },
     )
     sent = upstream.requests[-1]
-    assert (sent["temperature"], sent["top_p"], sent["max_tokens"], sent["stop"], sent["seed"], sent["user"]) == (
-        0.3, 0.9, 77, ["\n\n"], 7, "u1",
+    assert (
+        sent["temperature"],
+        sent["top_p"],
+        sent["max_tokens"],
+        sent["stop"],
+        sent["seed"],
+        sent["user"],
+    ) == (
+        0.3,
+        0.9,
+        77,
+        ["\n\n"],
+        7,
+        "u1",
     )
     assert "some_unknown_field" not in sent
 
@@ -253,7 +285,7 @@ def test_health_needs_no_token(daemon: DaemonProc) -> None:
     assert r.status_code == 200 and r.json()["status"] == "ok" and r.json()["version"]
 
 
-@pytest.mark.parametrize("auth", [None, "Bearer wrong-token-wrong-token-wrong-token", "Basic abc", "Bearer "])
+@pytest.mark.parametrize("auth", [None, "Bearer wrong-token-wrong-token-wrong-token", "Basic abc", "Bearer"])
 def test_bad_token(daemon: DaemonProc, auth: str | None) -> None:
     headers = {"Authorization": auth} if auth else {}
     r = httpx.get(daemon.url + "/v1/models", headers=headers)
@@ -266,13 +298,17 @@ def test_wrong_token_through_the_sdk(daemon: DaemonProc) -> None:
         openai.OpenAI(base_url=daemon.base_url, api_key="x" * 43, max_retries=0).models.list()
 
 
-@pytest.mark.parametrize("host", ["evil.com", "localhost.evil.com", "127.0.0.1.nip.io", ":8080", "", "sorat.local.evil"])
+@pytest.mark.parametrize(
+    "host", ["evil.com", "localhost.evil.com", "127.0.0.1.nip.io", ":8080", "", "sorat.local.evil"]
+)
 def test_foreign_host_refused(daemon: DaemonProc, host: str) -> None:
     r = httpx.get(daemon.url + "/v1/models", headers={**daemon.headers(), "Host": host})
     assert_openai_error(r, 403, "permission_error")
 
 
-@pytest.mark.parametrize("host", ["localhost", "localhost:8080", "127.0.0.1:1", "[::1]:8080", "sorat.local", "LOCALHOST"])
+@pytest.mark.parametrize(
+    "host", ["localhost", "localhost:8080", "127.0.0.1:1", "[::1]:8080", "sorat.local", "LOCALHOST"]
+)
 def test_local_hosts_accepted(daemon: DaemonProc, host: str) -> None:
     r = httpx.get(daemon.url + "/v1/models", headers={**daemon.headers(), "Host": host})
     assert r.status_code == 200
@@ -299,15 +335,22 @@ def test_text_plain_form_post_from_a_page_refused(daemon: DaemonProc, upstream: 
 def test_allowed_origin_gets_cors_and_preflight(daemon: DaemonProc) -> None:
     pre = httpx.options(
         daemon.url + "/v1/chat/completions",
-        headers={"Origin": ALLOWED_ORIGIN, "Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "authorization, content-type, x-session-id"},
+        headers={
+            "Origin": ALLOWED_ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type, x-session-id",
+        },
     )
     assert pre.status_code == 204
     assert pre.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
     allowed = pre.headers["access-control-allow-headers"].lower()
     for h in ("authorization", "content-type", "x-session-id", "x-sorat-tool-events"):
         assert h in allowed
-    r = httpx.post(daemon.url + "/v1/chat/completions", json={"messages": USER}, headers={**daemon.headers(), "Origin": ALLOWED_ORIGIN})
+    r = httpx.post(
+        daemon.url + "/v1/chat/completions",
+        json={"messages": USER},
+        headers={**daemon.headers(), "Origin": ALLOWED_ORIGIN},
+    )
     assert r.status_code == 200
     assert r.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
     assert "x-session-id" in r.headers["access-control-expose-headers"].lower()
@@ -407,7 +450,10 @@ def test_stream_dying_halfway_ends_with_an_error_event(daemon: DaemonProc, upstr
 def test_error_inside_a_200_stream(daemon: DaemonProc, upstream: Upstream) -> None:
     upstream.script(stream_error("The server had an error", after=2, style="openrouter"))
     events = sse(post(daemon, {"messages": USER, "stream": True}).text)
-    assert events[-2]["error"]["message"].endswith("The server had an error") or "The server had an error" in events[-2]["error"]["message"]
+    assert (
+        events[-2]["error"]["message"].endswith("The server had an error")
+        or "The server had an error" in events[-2]["error"]["message"]
+    )
     assert events[-1] == "[DONE]"
 
 
@@ -419,7 +465,10 @@ def test_error_before_the_first_token_is_a_real_status(daemon: DaemonProc, upstr
 
 def test_client_disconnect_cancels_the_upstream(daemon: DaemonProc, upstream: Upstream) -> None:
     upstream.script(text("a b c d e f g h i j", chunks=10, chunk_delay=0.3))
-    with daemon.client() as c, c.stream("POST", "/v1/chat/completions", json={"messages": USER, "stream": True}) as r:
+    with (
+        daemon.client() as c,
+        c.stream("POST", "/v1/chat/completions", json={"messages": USER, "stream": True}) as r,
+    ):
         for line in r.iter_lines():
             if '"content":"a' in line.replace(" ", ""):
                 break
