@@ -1,0 +1,540 @@
+"""sorat's benchmark: a scripted upstream, ``sorat serve`` (and LiteLLM's proxy when given), side by side.
+
+    python bench/bench.py [--quick] [--json results.json] [--litellm /path/to/venv/bin/litellm]
+
+What it reports (medians and ratios, since machines are noisy):
+- start-up: launch to a served ``/health`` (median of 3); idle RSS headless (and with the tray when Xvfb
+  is installed);
+- added latency against calling the upstream directly: p50/p99 of whole answers and of the first
+  streamed token, sequential requests;
+- streamed requests per second at concurrency 32, every request a new session whose title is generated,
+  and the ratio to the upstream alone (and to LiteLLM);
+- relay rate: chunks per second through one 5 000-chunk stream, and the ratio to the upstream alone;
+- agent overhead per tool round (beyond model and tool time);
+- the session store figures of ``bench/bench_sessions.py``.
+
+The upstream runs in this process (its own thread and loop); every load generator runs in its own
+process, so neither steals the other's interpreter. The load generator's ceiling is the "upstream alone"
+column: sorat's numbers can't exceed it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.upstream import Upstream, text, tool_calls  # noqa: E402
+
+ANSWER = "The quick brown fox jumps over the lazy dog and keeps on running far away."
+FIRST_CONTENT = b'"content":"'
+
+
+# -- load generators (each in its own process) -------------------------------------------------------
+
+
+def _first_token_at(buf: bytes) -> bool:
+    """A chunk with non-empty content has arrived."""
+    i = buf.find(FIRST_CONTENT)
+    while i != -1:
+        j = i + len(FIRST_CONTENT)
+        if j < len(buf) and buf[j : j + 1] != b'"':
+            return True
+        i = buf.find(FIRST_CONTENT, j)
+    return False
+
+
+async def _one(
+    session: Any, url: str, headers: dict[str, str], body: bytes, stream: bool
+) -> tuple[float, float, int]:
+    """(time to first content, total time, chunks) of one request."""
+    t0 = time.perf_counter()
+    first = 0.0
+    chunks = 0
+    async with session.post(url, data=body, headers=headers) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"HTTP {resp.status}: {(await resp.read())[:300]!r}")
+        if not stream:
+            await resp.read()
+            t = time.perf_counter() - t0
+            return t, t, 1
+        tail = b""
+        async for data in resp.content.iter_any():
+            if not first:
+                if _first_token_at(tail + data):
+                    first = time.perf_counter() - t0
+                tail = data[-32:]
+            chunks += data.count(b"data: ")
+    return first, time.perf_counter() - t0, chunks
+
+
+def _worker(conn: Any, job: dict[str, Any]) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    conn.send(asyncio.run(_job(job)))
+    conn.close()
+
+
+async def _job(job: dict[str, Any]) -> dict[str, Any]:
+    import aiohttp
+
+    url, token, stream = job["url"], job["token"], job["stream"]
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    body_obj: dict[str, Any] = {"model": job.get("model", "gpt-4o"), "stream": stream}
+    conc = job.get("concurrency", 1)
+    connector = aiohttp.TCPConnector(limit=conc, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=600)
+    results: list[tuple[float, float, int]] = []
+    errors: list[str] = []
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        counter = iter(range(job["count"]))
+
+        async def loop() -> None:
+            for i in counter:
+                body_obj["messages"] = [{"role": "user", "content": f"request {i} {job.get('tag', '')}"}]
+                try:
+                    results.append(await _one(session, url, headers, json.dumps(body_obj).encode(), stream))
+                except Exception as e:  # counted, reported
+                    errors.append(str(e)[:200])
+
+        # a few unmeasured requests warm the connection pool and the daemon's caches
+        for _ in range(min(job.get("warmup", 0), job["count"])):
+            body_obj["messages"] = [{"role": "user", "content": "warm-up"}]
+            await _one(session, url, headers, json.dumps(body_obj).encode(), stream)
+        t0 = time.perf_counter()
+        await asyncio.gather(*(loop() for _ in range(conc)))
+        wall = time.perf_counter() - t0
+    return {"results": results, "errors": errors, "wall": wall}
+
+
+def run_job(**job: Any) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=_worker, args=(child, job))
+    p.start()
+    out = parent.recv()
+    p.join()
+    return out  # type: ignore[no-any-return]
+
+
+# -- targets -------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Sorat:
+    def __init__(
+        self, upstream_url: str, env_extra: dict[str, str] | None = None, tray: bool = False
+    ) -> None:
+        self.home = Path(tempfile.mkdtemp(prefix="sorat-bench-"))
+        (self.home / "config.toml").write_text(
+            f'[agent]\nmodel = "gpt-4o"\n\n[[providers]]\nname = "scripted"\nbase_url = "{upstream_url}"\n'
+            'api_key = "sk-bench"\nmodels = ["gpt-4o"]\n'
+        )
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SORAT_"))}
+        self.env["SORAT_HOME"] = str(self.home)
+        if not tray:
+            self.env.pop("DISPLAY", None)
+            self.env.pop("WAYLAND_DISPLAY", None)
+        self.env.update(env_extra or {})
+        self.tray = tray
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.token = ""
+
+    def start(self) -> float:
+        """Start it; the seconds from launch to a served /health."""
+        import httpx
+
+        port = free_port()
+        args = [] if self.tray else ["serve", "--port", str(port)]
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sorat_daemon", *args],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.home / "stderr.log", "ab"),  # noqa: SIM115
+        )
+        url = f"http://127.0.0.1:{8080 if self.tray else port}"
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError((self.home / "stderr.log").read_text()[-2000:])
+            time.sleep(0.005)
+        took = time.perf_counter() - t0
+        self.url = url
+        self.token = (self.home / "token").read_text().strip()
+        return took
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(30)
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+class LiteLLM:
+    def __init__(self, binary: str, upstream_url: str) -> None:
+        self.binary = binary
+        self.dir = Path(tempfile.mkdtemp(prefix="litellm-bench-"))
+        (self.dir / "config.yaml").write_text(
+            "model_list:\n  - model_name: gpt-4o\n    litellm_params:\n      model: openai/gpt-4o\n"
+            f"      api_base: {upstream_url}\n      api_key: sk-bench\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self) -> float:
+        import httpx
+
+        port = free_port()
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--config",
+                str(self.dir / "config.yaml"),
+                "--port",
+                str(port),
+                "--num_workers",
+                "1",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.dir / "stderr.log", "ab"),  # noqa: SIM115
+        )
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/health/liveliness", timeout=1).status_code == 200:
+                    return time.perf_counter() - t0
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("LiteLLM did not start: " + (self.dir / "stderr.log").read_text()[-2000:])
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+# -- measurements ----------------------------------------------------------------------------------------
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
+
+
+def latency(url: str, token: str | None, n: int) -> dict[str, float]:
+    whole = run_job(url=url, token=token, stream=False, count=n, warmup=20)
+    streamed = run_job(url=url, token=token, stream=True, count=n, warmup=20)
+    w = [r[1] * 1000 for r in whole["results"]]
+    f = [r[0] * 1000 for r in streamed["results"]]
+    return {
+        "whole_p50_ms": pct(w, 50),
+        "whole_p99_ms": pct(w, 99),
+        "first_token_p50_ms": pct(f, 50),
+        "first_token_p99_ms": pct(f, 99),
+        "errors": len(whole["errors"]) + len(streamed["errors"]),
+    }
+
+
+def load(url: str, token: str | None, n: int, concurrency: int = 32) -> dict[str, float]:
+    out = run_job(url=url, token=token, stream=True, count=n, concurrency=concurrency, warmup=50, tag="load")
+    return {"req_per_s": len(out["results"]) / out["wall"], "errors": len(out["errors"])}
+
+
+def relay(up: Upstream, url: str, token: str | None, chunks: int) -> dict[str, float]:
+    up.default = text("x" * chunks, chunks=chunks)
+    try:
+        out = run_job(url=url, token=token, stream=True, count=3, warmup=1)
+    finally:
+        up.default = text(ANSWER, chunks=16)
+    rates = [r[2] / r[1] for r in out["results"]]
+    return {"chunks_per_s": statistics.median(rates), "errors": len(out["errors"])}
+
+
+def tool_round_overhead(up: Upstream, url: str, token: str, rounds: int, reps: int) -> dict[str, float]:
+    """(time of a request with ``rounds`` tool rounds − time of a plain one) / rounds − the upstream's own
+    time for one more call: what sorat adds per round beyond the model and the tool."""
+    direct = run_job(url=up.base_url + "/chat/completions", token=None, stream=True, count=reps, warmup=5)
+    upstream_call = statistics.median(r[1] for r in direct["results"])
+    plain = run_job(url=url, token=token, stream=True, count=reps, warmup=5)
+    base = statistics.median(r[1] for r in plain["results"])
+    times = []
+    for _ in range(reps):
+        up.script(*[tool_calls([("get_current_time", {"timezone": "UTC"})]) for _ in range(rounds)])
+        out = run_job(url=url, token=token, stream=True, count=1)
+        times.append(out["results"][0][1])
+    per_round = (statistics.median(times) - base) / rounds - upstream_call
+    return {"per_round_ms": per_round * 1000, "upstream_call_ms": upstream_call * 1000}
+
+
+def wait_titles(s: Sorat, timeout: float = 60) -> dict[str, float]:
+    import httpx
+
+    t0 = time.monotonic()
+    headers = {"Authorization": f"Bearer {s.token}"}
+    while True:
+        total = titled = 0
+        after = None
+        with httpx.Client(base_url=s.url, headers=headers, timeout=30) as c:
+            while True:
+                params: dict[str, Any] = {"limit": 1000}
+                if after:
+                    params["after"] = after
+                page = c.get("/v1/sessions", params=params).json()
+                total += len(page["data"])
+                titled += sum(1 for row in page["data"] if row["title"] == "A Scripted Title")
+                if not page["has_more"]:
+                    break
+                after = page["last_id"]
+        if titled == total or time.monotonic() - t0 > timeout:
+            return {"sessions": total, "titled": titled, "seconds": time.monotonic() - t0}
+        time.sleep(0.5)
+
+
+def startup(upstream_url: str, times: int = 3) -> dict[str, float]:
+    took, rss = [], []
+    for _ in range(times):
+        s = Sorat(upstream_url)
+        try:
+            took.append(s.start())
+            time.sleep(1.0)  # let background start-up work (discovery, index check) settle
+            assert s.proc is not None
+            rss.append(rss_mb(s.proc.pid))
+        finally:
+            s.cleanup()
+    return {"startup_s": statistics.median(took), "idle_rss_mb": statistics.median(rss)}
+
+
+def tray_rss(upstream_url: str) -> float | None:
+    xvfb = shutil.which("Xvfb")
+    if not xvfb:
+        return None
+    display = ":97"
+    x = subprocess.Popen(
+        [xvfb, display, "-screen", "0", "640x480x24", "-nolisten", "tcp"], stderr=subprocess.DEVNULL
+    )
+    try:
+        time.sleep(1.0)
+        s = Sorat(upstream_url, {"DISPLAY": display}, tray=True)
+        try:
+            s.start()
+            time.sleep(1.5)
+            assert s.proc is not None
+            return rss_mb(s.proc.pid)
+        except Exception:
+            return None
+        finally:
+            s.cleanup()
+    finally:
+        x.terminate()
+        x.wait()
+
+
+def session_store_figures(quick: bool) -> dict[str, Any]:
+    n = "2000" if quick else "10000"
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "bench_sessions.py"),
+            "--messages",
+            n,
+            "--sessions",
+            n,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+# -- the report --------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument(
+        "--litellm", default=os.environ.get("LITELLM_BIN"), help="LiteLLM's proxy binary, if installed"
+    )
+    ap.add_argument("--skip-store", action="store_true", help="leave out the session store figures")
+    args = ap.parse_args()
+    n_lat = 200 if args.quick else 1000
+    n_load = 1000 if args.quick else 4000
+    chunks = 5000
+
+    results: dict[str, Any] = {}
+    with Upstream(models=["gpt-4o"]) as up:
+        up.default = text(ANSWER, chunks=16)
+        direct = up.base_url + "/chat/completions"
+
+        results["startup"] = startup(up.base_url)
+        results["startup"]["tray_rss_mb"] = tray_rss(up.base_url)
+
+        s = Sorat(up.base_url)
+        s.start()
+        api = s.url + "/v1/chat/completions"
+        try:
+            results["latency"] = {
+                "upstream": latency(direct, None, n_lat),
+                "sorat": latency(api, s.token, n_lat),
+            }
+            results["load_c32"] = {
+                "upstream": load(direct, None, n_load),
+                "sorat": load(api, s.token, n_load),
+            }
+            results["titles_after_load"] = wait_titles(s)
+            results["relay"] = {
+                "upstream": relay(up, direct, None, chunks),
+                "sorat": relay(up, api, s.token, chunks),
+            }
+            results["tool_round"] = tool_round_overhead(
+                up, api, s.token, rounds=5, reps=5 if args.quick else 15
+            )
+            assert s.proc is not None
+            results["rss_after_mb"] = rss_mb(s.proc.pid)
+        finally:
+            s.cleanup()
+
+        if args.litellm:
+            lite = LiteLLM(args.litellm, up.base_url)
+            try:
+                lite.start()
+                lurl = lite.url + "/v1/chat/completions"
+                results["latency"]["litellm"] = latency(lurl, "sk-bench", n_lat // 2)
+                results["load_c32"]["litellm"] = load(lurl, "sk-bench", n_load // 4)
+                results["relay"]["litellm"] = relay(up, lurl, "sk-bench", chunks)
+                if lite.proc:
+                    results["litellm_rss_mb"] = rss_mb(lite.proc.pid)
+            finally:
+                lite.stop()
+
+    if not args.skip_store:
+        results["session_store"] = session_store_figures(args.quick)
+    report(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def report(r: dict[str, Any]) -> None:
+    lat, load_, rel = r["latency"], r["load_c32"], r["relay"]
+    up, so = lat["upstream"], lat["sorat"]
+    lite = lat.get("litellm")
+    rows = [
+        (
+            "first token p50 (ms)",
+            up["first_token_p50_ms"],
+            so["first_token_p50_ms"],
+            lite and lite["first_token_p50_ms"],
+        ),
+        (
+            "first token p99 (ms)",
+            up["first_token_p99_ms"],
+            so["first_token_p99_ms"],
+            lite and lite["first_token_p99_ms"],
+        ),
+        ("whole answer p50 (ms)", up["whole_p50_ms"], so["whole_p50_ms"], lite and lite["whole_p50_ms"]),
+        ("whole answer p99 (ms)", up["whole_p99_ms"], so["whole_p99_ms"], lite and lite["whole_p99_ms"]),
+        (
+            "streamed req/s at c32",
+            load_["upstream"]["req_per_s"],
+            load_["sorat"]["req_per_s"],
+            load_.get("litellm", {}).get("req_per_s"),
+        ),
+        (
+            "relayed chunks/s",
+            rel["upstream"]["chunks_per_s"],
+            rel["sorat"]["chunks_per_s"],
+            rel.get("litellm", {}).get("chunks_per_s"),
+        ),
+    ]
+    print(f"{'':28}{'upstream':>12}{'sorat':>12}{'litellm':>12}")
+    for name, a, b, c in rows:
+        print(f"{name:28}{a:12.2f}{b:12.2f}{(c if c is not None else float('nan')):12.2f}")
+    print()
+    print(
+        f"added first-token latency: p50 {so['first_token_p50_ms'] - up['first_token_p50_ms']:+.2f} ms, "
+        f"p99 {so['first_token_p99_ms'] - up['first_token_p99_ms']:+.2f} ms"
+    )
+    print(
+        f"streamed req/s: {load_['sorat']['req_per_s'] / load_['upstream']['req_per_s']:.3f}x the upstream alone"
+        + (
+            f", {load_['sorat']['req_per_s'] / load_['litellm']['req_per_s']:.1f}x LiteLLM"
+            if "litellm" in load_
+            else ""
+        )
+    )
+    print(f"relay: {rel['sorat']['chunks_per_s'] / rel['upstream']['chunks_per_s']:.3f}x the upstream alone")
+    print(f"errors: sorat {so['errors'] + load_['sorat']['errors'] + rel['sorat']['errors']}")
+    t = r["titles_after_load"]
+    print(
+        f"titles after the load: {t['titled']}/{t['sessions']} sessions titled, {t['seconds']:.1f} s after it ended"
+    )
+    print(f"agent overhead per tool round: {r['tool_round']['per_round_ms']:.2f} ms")
+    st = r["startup"]
+    tray = st.get("tray_rss_mb")
+    print(
+        f"start-up to /health: {st['startup_s'] * 1000:.0f} ms (median of 3); idle RSS headless {st['idle_rss_mb']:.1f} MB"
+        + (f", with the tray {tray:.1f} MB" if tray else ", tray: no Xvfb here")
+    )
+    print(
+        f"RSS after the run: {r['rss_after_mb']:.1f} MB"
+        + (f"; LiteLLM {r['litellm_rss_mb']:.0f} MB" if "litellm_rss_mb" in r else "")
+    )
+    if "session_store" in r:
+        print("session store:", json.dumps(r["session_store"]))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
