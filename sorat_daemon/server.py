@@ -7,7 +7,9 @@ the daemon builds while serving and hangs on ``app.runtime``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hmac
+import importlib.resources
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -155,6 +157,10 @@ def create_app(rt: Runtime) -> Quart:
     async def health() -> Response:
         return _json({"status": "ok", "version": __version__})
 
+    @app.get("/openapi.json")
+    async def openapi() -> Response:
+        return Response(openapi_doc(), content_type="application/json")
+
     @app.get("/v1/models")
     async def models() -> Response:
         active = rt.active_model
@@ -270,6 +276,14 @@ def create_app(rt: Runtime) -> Quart:
         return response
 
     return app
+
+
+@functools.cache
+def openapi_doc() -> bytes:
+    """The API's description (``openapi.json`` beside this module), read on first use."""
+    doc = wire.loads((importlib.resources.files("sorat_daemon") / "openapi.json").read_bytes())
+    doc["info"]["version"] = __version__
+    return wire.dumps(doc)
 
 
 def _access(
