@@ -73,7 +73,7 @@ import orjson
 from . import errors
 from .types import Message
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sorat.sessions")
 
 T = TypeVar("T")
 

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from .sessions import SessionStore
 from .types import Message
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sorat.titles")
 
 TITLE_SYSTEM_PROMPT = (
     "Generate a title for the conversation below: at most 8 words, in the conversation's language,"
