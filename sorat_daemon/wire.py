@@ -164,6 +164,10 @@ def parse_chat_request(body: bytes) -> ChatRequest:
     if n is not None and n != 1:
         raise _bad("sorat returns one choice: 'n' must be 1", "n")
     params = {k: data[k] for k in PASSTHROUGH if data.get(k) is not None}
+    try:  # orjson reads 1024 levels of nesting but writes only 255: refuse what could not be sent on
+        orjson.dumps((messages, tools, tool_choice, params))
+    except TypeError:
+        raise _bad("The request is nested too deeply (more than 255 levels)", None) from None
     return ChatRequest(messages, model or None, stream, include_usage, tools, tool_choice, params)
 
 
@@ -297,24 +301,29 @@ def map_finish(reason: Any, tool_calls: bool) -> str:
     return mapped
 
 
-def error_text(err: Any) -> str:
+def error_text(err: Any, _depth: int = 0) -> str:
     """The human message of a provider's error object (OpenAI's, OpenRouter's, FastAPI's, a bare string)."""
+    if _depth > 16:  # orjson reads 1024 levels: a hostile body must not blow the stack
+        return "an error object nested too deeply"
     if isinstance(err, dict):
         inner = err.get("error")
         if inner is not None and inner is not err:
-            return error_text(inner)
+            return error_text(inner, _depth + 1)
         for key in ("message", "detail", "msg"):
             if err.get(key):
-                return error_text(err[key])
-        return orjson.dumps(err).decode()
+                return error_text(err[key], _depth + 1)
+        try:
+            return orjson.dumps(err).decode()
+        except TypeError:  # nested beyond orjson's 255 levels for writing
+            return "an error object nested too deeply"
     if isinstance(err, list):
-        return "; ".join(error_text(e) for e in err)
+        return "; ".join(error_text(e, _depth + 1) for e in err)
     return str(err)
 
 
 def is_context_window(*texts: Any) -> bool:
     """Whether an error (message, type or code) says the prompt does not fit the model's context window."""
-    low = " ".join(str(t) for t in texts if t).lower()
+    low = " ".join(str(t) for t in texts if t and isinstance(t, str | int | float)).lower()
     return any(marker in low for marker in _CONTEXT_MARKERS)
 
 
