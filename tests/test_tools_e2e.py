@@ -324,6 +324,15 @@ def test_tools_toml_hot_reload(home: Path, upstream: Upstream) -> None:
     try:
         assert {"run_command", "read_file", "remember"} <= set(offered(d, upstream))
 
+        # A request already running keeps its tools: its model answers (late) with a run_command call.
+        slow = tool_calls([("run_command", {"command": "pwd"})], delay=2.0)
+        upstream.script(slow)  # its next call, and the probes below, get the default "ok"
+        running: list[httpx.Response] = []
+        first = len(upstream.requests)
+        inflight = threading.Thread(target=lambda: running.append(chat(d)))
+        inflight.start()
+        poll(lambda: len(upstream.requests) > first, 5, "the slow request reaches the model")
+
         # A save through a temp file renamed over tools.toml, as many editors do.
         tmp = home / ".tools.toml.swp"
         tmp.write_text('[run_command]\nmode = "disabled"\n', encoding="utf-8")
@@ -331,6 +340,18 @@ def test_tools_toml_hot_reload(home: Path, upstream: Upstream) -> None:
         os.replace(tmp, file)
         poll(lambda: "run_command" not in offered(d, upstream), 2, "run_command withdrawn")
         assert time.monotonic() - saved < 2.5
+        withdrawn_at = len(upstream.requests)
+
+        inflight.join(15)
+        assert running and running[0].status_code == 200, running
+        later = [
+            (i, r)
+            for i, r in enumerate(upstream.requests)
+            if any(m.get("role") == "tool" for m in r["messages"])
+        ]
+        assert len(later) == 1 and later[0][0] >= withdrawn_at, "the slow call ran after the withdrawal"
+        (result,) = results_of(later[0][1], slow)
+        assert json.loads(result)["stdout"].strip() == str((home / "workspace").resolve()), result
 
         # Invalid (line 5): applying the valid part would bring run_command back; nothing applies.
         file.write_text('[run_command]\nmode = "allowlist"\n\n[files]\nenabled = "yes"\n', encoding="utf-8")
@@ -352,6 +373,31 @@ def test_tools_toml_hot_reload(home: Path, upstream: Upstream) -> None:
         assert time.monotonic() - saved < 2.5
         (result,) = run_tools(d, upstream, [("run_command", {"command": "pwd"})])
         assert json.loads(result)["stdout"].strip() == str((home / "workspace").resolve())
+
+        # No tools.toml at all: the defaults (run_command in allowlist mode).
+        file.write_text('[run_command]\nmode = "disabled"\n', encoding="utf-8")
+        poll(lambda: "run_command" not in offered(d, upstream), 2, "run_command withdrawn again")
+        file.unlink()
+        poll(lambda: "run_command" in offered(d, upstream), 2, "a deleted tools.toml means the defaults")
+    finally:
+        d.stop()
+
+
+def test_a_client_leaving_kills_the_running_command(home: Path, upstream: Upstream) -> None:
+    d = start(home, upstream, '[run_command]\nmode = "unrestricted"\n')
+    marker = f"{secrets.randbelow(10**6) + 100}.{secrets.randbelow(10**6):06d}"
+    upstream.script(tool_calls([("run_command", {"command": f"sh -c 'sleep {marker} & sleep {marker}'"})]))
+    try:
+        with (
+            d.client() as c,
+            c.stream("POST", "/v1/chat/completions", json={"messages": USER, "stream": True}) as r,
+        ):
+            assert r.status_code == 200
+            poll(lambda: len(procs_with_arg(marker)) == 2, 5, "the command runs")
+        # The client is gone (connection closed) while the command still had 60 s to go.
+        poll(lambda: not procs_with_arg(marker), 5, f"sleep {marker} still runs: {procs_with_arg(marker)}")
+        upstream.wait_for(lambda: upstream.pending == 0)
+        assert len(upstream.requests) == 1  # the cancelled run asked the model nothing more
     finally:
         d.stop()
 
