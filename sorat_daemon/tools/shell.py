@@ -106,6 +106,31 @@ def _path_candidates(arg: str) -> list[str]:
     return out
 
 
+# grep -R (--dereference-recursive) follows every symlink it meets on its way down, so one link in
+# the workspace pointing out (at the token, say) would let it read what the path checks refuse;
+# -r follows only the links named on the command line, which those checks already see.
+_GREP_VALUE_OPTIONS = frozenset("efmABCdD")  # short options whose value may follow in the same word
+
+
+def _follows_all_symlinks(argv: list[str]) -> bool:
+    if argv[0] not in ("grep", "egrep", "fgrep", "rgrep"):
+        return False
+    for arg in argv[1:]:
+        if arg == "--":
+            break
+        if arg.startswith("--"):
+            name = arg[2:].split("=", 1)[0]
+            if len(name) >= 3 and "dereference-recursive".startswith(name):
+                return True
+        elif arg.startswith("-"):
+            for flag in arg[1:]:
+                if flag == "R":
+                    return True
+                if flag in _GREP_VALUE_OPTIONS:
+                    break
+    return False
+
+
 def check_allowed(argv: list[str], settings: RunCommandSettings, workspace: Path) -> None:
     program = argv[0]
     allowed = ", ".join(settings.allow) or "none"
@@ -122,6 +147,10 @@ def check_allowed(argv: list[str], settings: RunCommandSettings, workspace: Path
                     f"refused: the argument {arg!r} is a path leading outside the workspace; "
                     "use paths relative to the workspace, without .."
                 )
+    if _follows_all_symlinks(argv):
+        raise ToolError(
+            "refused: grep -R follows symlinks out of the workspace; use -r, which does not follow them"
+        )
 
 
 class _Capped:
