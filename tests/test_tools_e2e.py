@@ -167,17 +167,24 @@ def test_allowlist_runs_ls_and_refuses_every_way_out(allowlisted: DaemonProc, up
         {"command": "grep --file=../token ."},
         {"command": "/bin/cat hello.txt"},
         {"command": "cat ~/token"},
+        {"command": "grep -R '' ."},  # -R would follow innocent.txt and up/ out of the workspace
+        {"command": "grep --dereference-recursive token ."},
     ]
     results = run_tools(
         d,
         upstream,
-        [("run_command", {"command": "ls"}), ("run_command", {"command": "cat hello.txt"})]
+        [
+            ("run_command", {"command": "ls"}),
+            ("run_command", {"command": "cat hello.txt"}),
+            ("run_command", {"command": "grep -rn '' ."}),  # -r leaves the symlinks alone
+        ]
         + [("run_command", args) for args in refused],
     )
-    listing, cat = (json.loads(r) for r in results[:2])
+    listing, cat, grep = (json.loads(r) for r in results[:3])
+    assert "./hello.txt:1:hello from the workspace" in grep["stdout"], grep
     assert listing["exit_code"] == 0 and "hello.txt" in listing["stdout"].split(), listing
     assert cat["stdout"] == "hello from the workspace\n" and cat["exit_code"] == 0
-    for args, result in zip(refused, results[2:], strict=True):
+    for args, result in zip(refused, results[3:], strict=True):
         assert error_of(result).startswith("refused:"), (args, result)
 
     seen = json.dumps([upstream.requests, upstream.title_requests])
