@@ -1,0 +1,382 @@
+"""Fuzzing: the request parser and the provider-stream decoder against random input (hypothesis), and
+the running daemon against its own OpenAPI description (schemathesis)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+
+import sorat_daemon
+from sorat_daemon import errors, wire
+from tests.conftest import DEFAULT_EXTRA, DaemonProc, write_config
+from tests.upstream import Upstream
+
+# --- JSON-ish values -----------------------------------------------------------------------------------
+
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
+_json = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+def _nested(depth: int, leaf: Any, key: str | None) -> Any:
+    for _ in range(depth):
+        leaf = {key: leaf} if key is not None else [leaf]
+    return leaf
+
+
+# Provider errors and request fields nested as deep as orjson allows (1024 levels).
+_deep = st.builds(
+    _nested,
+    st.integers(min_value=100, max_value=1020),
+    _scalars,
+    st.sampled_from([None, "error", "message", "detail", "x"]),
+)
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False).encode()
+
+
+# --- wire.parse_chat_request ------------------------------------------------------------------------------
+
+_ROLE = st.sampled_from(["system", "developer", "user", "assistant", "tool", "wizard", "", None, 3])
+_message = st.fixed_dictionaries(
+    {"role": _ROLE},
+    optional={
+        "content": _json | st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": _json})),
+        "tool_call_id": _json,
+        "name": _json,
+        "tool_calls": _json
+        | st.lists(
+            st.fixed_dictionaries(
+                {
+                    "id": _json,
+                    "type": _json,
+                    "function": st.dictionaries(st.sampled_from(["name", "arguments"]), _json),
+                }
+            ),
+            max_size=3,
+        ),
+    },
+)
+_tool = st.fixed_dictionaries(
+    {"type": st.sampled_from(["function", "other"]) | _json},
+    optional={"function": _json | st.fixed_dictionaries({"name": _json}, optional={"parameters": _json})},
+)
+_FIELDS = (
+    "model stream stream_options tools tool_choice n temperature top_p max_tokens stop seed "
+    "response_format user parallel_tool_calls reasoning_effort unknown_field"
+).split()
+_request = st.fixed_dictionaries(
+    {"messages": st.lists(_message, max_size=4) | _json},
+    optional={
+        **{name: _json for name in _FIELDS},
+        "tools": st.lists(_tool, max_size=3) | _json,
+        "stream_options": st.fixed_dictionaries({}, optional={"include_usage": _json}) | _json,
+    },
+)
+
+
+def _check_parse(raw: bytes) -> None:
+    try:
+        req = wire.parse_chat_request(raw)
+    except errors.RequestError as e:
+        assert e.status == 400 and e.message
+        return
+    # Whatever was accepted must also leave again: to the provider, and into the session file.
+    wire.dumps({"messages": req.messages, "tools": req.tools, "tool_choice": req.tool_choice, **req.params})
+    assert isinstance(req.stream, bool) and isinstance(req.include_usage, bool)
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.binary(max_size=200))
+def test_parse_random_bytes(raw: bytes) -> None:
+    _check_parse(raw)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=_request | _json)
+def test_parse_random_requests(body: Any) -> None:
+    _check_parse(_dumps(body))
+
+
+@settings(max_examples=30, deadline=None)
+@given(deep=_deep, where=st.sampled_from(["messages", "content", "tools", "seed", "stop", "tool_calls"]))
+def test_parse_deeply_nested_requests(deep: Any, where: str) -> None:
+    message: dict[str, Any] = {"role": "user", "content": "hi"}
+    body: dict[str, Any] = {"messages": [message]}
+    if where == "messages":
+        body["messages"] = deep
+    elif where == "content":
+        message["content"] = [{"type": "text", "text": "x", "extra": deep}]
+    elif where == "tool_calls":
+        body["messages"] = [message, {"role": "assistant", "tool_calls": [{"function": {"arguments": deep}}]}]
+    else:
+        body[where] = deep
+    _check_parse(_dumps(body))
+
+
+# --- SSEDecoder + DeltaNormalizer --------------------------------------------------------------------------
+
+
+def _relay(pieces: list[bytes]) -> None:
+    """What ``Provider._relay`` does with a body: only ProviderError (and its subclasses) may escape."""
+    decoder, norm, acc = wire.SSEDecoder(), wire.DeltaNormalizer(), wire.ToolCallAccumulator()
+    try:
+        for piece in pieces:
+            for ev in decoder.feed(piece):
+                d = norm.event(ev)
+                if d is not None and d.tool_calls:
+                    acc.add(d.tool_calls)
+        for ev in decoder.close():
+            d = norm.event(ev)
+            if d is not None and d.tool_calls:
+                acc.add(d.tool_calls)
+    except errors.ProviderError as e:
+        assert e.message and e.status in (400, 502, 504)
+        return
+    final = norm.final()
+    assert final.finish_reason in ("stop", "length", "tool_calls", "content_filter")
+    wire.dumps({"calls": acc.calls(), "usage": final.usage})
+
+
+def _cut(data: bytes, cuts: list[int]) -> list[bytes]:
+    pieces, last = [], 0
+    for c in sorted({min(c, len(data)) for c in cuts}):
+        pieces.append(data[last:c])
+        last = c
+    return [*pieces, data[last:]]
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=400), cuts=st.lists(st.integers(0, 400), max_size=6))
+def test_decoder_random_bytes(data: bytes, cuts: list[int]) -> None:
+    _relay(_cut(data, cuts))
+
+
+_sse_line = st.one_of(
+    st.builds(lambda v: b"data: " + v, st.binary(max_size=40)),
+    st.builds(lambda v: b"data: " + _dumps(v), _json),
+    st.just(b"data: [DONE]"),
+    st.builds(lambda v: b"event: " + v, st.sampled_from([b"error", b"message", b"\xff"])),
+    st.builds(lambda v: b"error: " + _dumps(v), _json),
+    st.builds(lambda v: b": " + v, st.binary(max_size=10)),
+    st.binary(max_size=20),  # garbage
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(_sse_line, max_size=12),
+    eol=st.sampled_from([b"\n", b"\r\n", b"\r"]),
+    blank=st.lists(st.booleans(), min_size=12, max_size=12),
+    cuts=st.lists(st.integers(0, 600), max_size=6),
+)
+def test_decoder_garbage_lines(lines: list[bytes], eol: bytes, blank: list[bool], cuts: list[int]) -> None:
+    data = b"".join(line + eol + (eol if b else b"") for line, b in zip(lines, blank, strict=False))
+    _relay(_cut(data, cuts))
+
+
+_delta = st.fixed_dictionaries(
+    {},
+    optional={
+        "role": _json,
+        "content": st.text(max_size=10) | _json,
+        "reasoning_content": _json,
+        "reasoning": _json,
+        "reasoning_details": st.lists(st.dictionaries(st.sampled_from(["text", "summary", "type"]), _json))
+        | _json,
+        "refusal": _json,
+        "extra_content": st.fixed_dictionaries({"google": st.dictionaries(st.just("thought"), _json)})
+        | _json,
+        "tool_calls": st.lists(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "index": st.integers(-2, 5) | _json,
+                    "id": st.sampled_from(["a", "b", "", None]) | _json,
+                    "type": _json,
+                    "function": st.fixed_dictionaries(
+                        {}, optional={"name": st.sampled_from(["f", "g", ""]) | _json, "arguments": _json}
+                    )
+                    | _json,
+                    "extra_content": _json,
+                },
+            ),
+            max_size=3,
+        )
+        | _json,
+    },
+)
+_chunk = st.fixed_dictionaries(
+    {},
+    optional={
+        "choices": st.lists(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "index": _json,
+                    "delta": _delta | _json,
+                    "finish_reason": st.sampled_from(["stop", "length", "tool_calls", "error", "eos"])
+                    | _json,
+                },
+            ),
+            max_size=2,
+        )
+        | _json,
+        "usage": st.dictionaries(
+            st.sampled_from(["prompt_tokens", "completion_tokens", "x_tokens_details"]), _json
+        )
+        | _json,
+        "x_groq": _json,
+        "error": _json,
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(chunks=st.lists(_chunk | _json, max_size=8), as_error=st.lists(st.booleans(), max_size=8))
+def test_normalizer_random_chunks(chunks: list[Any], as_error: list[bool]) -> None:
+    frames = []
+    for i, c in enumerate(chunks):
+        head = b"event: error\n" if i < len(as_error) and as_error[i] else b""
+        frames.append(head + b"data: " + _dumps(c) + b"\n\n")
+    _relay(frames)
+
+
+@settings(max_examples=300, deadline=None)
+@given(obj=st.fixed_dictionaries({}, optional={"choices": _json, "error": _json, "usage": _json}) | _json)
+def test_parse_completion_random_objects(obj: Any) -> None:
+    try:
+        result = wire.parse_completion(obj)
+    except errors.ProviderError as e:
+        assert e.message
+        return
+    wire.dumps(result.message)
+
+
+@settings(max_examples=30, deadline=None)
+@given(deep=_deep, as_error=st.booleans(), where=st.sampled_from(["error", "choices", "usage", "delta"]))
+def test_deeply_nested_provider_json(deep: Any, as_error: bool, where: str) -> None:
+    chunk: Any = {where: deep}
+    if where == "delta":
+        chunk = {"choices": [{"index": 0, "delta": {"content": "x", "tool_calls": [{"function": deep}]}}]}
+    _relay([(b"event: error\n" if as_error else b"") + b"data: " + _dumps(chunk) + b"\n\n"])
+    try:
+        wire.parse_completion(chunk)
+    except errors.ProviderError as e:
+        assert e.message
+
+
+# --- the daemon against its own OpenAPI description ------------------------------------------------------
+
+# The operations come from the packaged document (collection happens before any daemon runs); the test
+# below checks that the daemon serves exactly it. Per operation: 50 examples of valid data, and 50 of
+# invalid data where the operation takes any input.
+OPENAPI = Path(sorat_daemon.__file__).with_name("openapi.json")
+SCHEMA = schemathesis.openapi.from_path(OPENAPI)
+OPERATIONS = [result.ok() for result in SCHEMA.get_all_operations()]
+MAX_EXAMPLES = 50
+CASES = [
+    pytest.param(op, mode, id=f"{op.label}-{mode.value}")
+    for op in OPERATIONS
+    for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+    if mode is GenerationMode.POSITIVE or op.path_parameters or op.query or op.headers or op.body
+]
+
+
+@pytest.fixture(scope="module")
+def fuzzed(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc]:
+    home = tmp_path_factory.mktemp("fuzz") / "home"
+    write_config(home, upstream.base_url, DEFAULT_EXTRA)
+    d = DaemonProc(home).start()
+    yield d
+    assert d.stop() == 0
+    assert "Traceback" not in (home / "logs" / "sorat.log").read_text()
+
+
+@schemathesis.check
+def openai_error_shape(ctx: Any, response: Any, case: Any) -> bool | None:
+    """Every error is OpenAI's: {"error": {"message", "type", "param", "code"}}, no traceback."""
+    if response.status_code < 400:
+        return None
+    body = json.loads(response.content)
+    err = body["error"]
+    assert set(err) == {"message", "type", "param", "code"}, body
+    assert isinstance(err["message"], str) and err["message"], body
+    assert "Traceback" not in response.content.decode("utf-8", "replace")
+    return True
+
+
+@pytest.mark.parametrize(("operation", "mode"), CASES)
+def test_api_against_its_openapi(operation: Any, mode: GenerationMode, fuzzed: DaemonProc) -> None:
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, openai_error_shape]
+    if mode is GenerationMode.POSITIVE:
+        checks.append(response_schema_conformance)
+
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+        database=None,
+    )
+    @given(case=operation.as_strategy(generation_mode=mode))
+    def run(case: Any) -> None:
+        case.call_and_validate(base_url=fuzzed.url, headers=fuzzed.headers(), timeout=30, checks=checks)
+
+    run()
+
+
+def test_openapi_describes_every_route(fuzzed: DaemonProc) -> None:
+    """The served document is the packaged one, and it has every route the app has."""
+    import httpx
+
+    from sorat_daemon.server import create_app
+
+    assert httpx.get(fuzzed.url + "/openapi.json").status_code == 401  # behind the token
+    served = httpx.get(fuzzed.url + "/openapi.json", headers=fuzzed.headers()).json()
+    packaged = json.loads(OPENAPI.read_text(encoding="utf-8"))
+    assert served == {**packaged, "info": {**packaged["info"], "version": sorat_daemon.__version__}}
+
+    server = SimpleNamespace(allowed_hosts=(), allowed_origins=())
+    app = create_app(SimpleNamespace(settings=SimpleNamespace(server=server)))  # type: ignore[arg-type]
+    routes = {
+        (re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), method)
+        for rule in app.url_map.iter_rules()
+        for method in rule.methods or ()
+        if method not in ("HEAD", "OPTIONS") and rule.endpoint != "static"
+    }
+    documented = {
+        (path, method.upper())
+        for path, ops in served["paths"].items()
+        for method in ops
+        if method != "parameters"
+    }
+    assert documented == routes
