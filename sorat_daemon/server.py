@@ -66,6 +66,9 @@ def create_app(rt: Runtime) -> Quart:
         MAX_CONTENT_LENGTH=MAX_BODY, RESPONSE_TIMEOUT=None, BODY_TIMEOUT=60, PROVIDE_AUTOMATIC_OPTIONS=False
     )
     app.runtime = rt  # type: ignore[attr-defined]
+    # No redirects: "//" or a trailing slash in a session path is an error, never a 308 to another path.
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
     server = rt.settings.server
     allowed_hosts = LOCAL_HOSTS | set(server.allowed_hosts)
     allowed_origins = frozenset(server.allowed_origins)
@@ -203,7 +206,8 @@ def create_app(rt: Runtime) -> Quart:
 
     @app.get("/v1/sessions/<path:session_id>")
     async def get_session(session_id: str) -> Response:
-        found = await rt.store.get(session_id)
+        superseded = request.args.get("include_superseded", "").lower() in ("1", "true")
+        found = await rt.store.get(session_id, include_superseded=superseded)
         if found is None:
             raise NotFound(f"No session {session_id!r}")
         return _json(found)
@@ -316,11 +320,14 @@ async def _frames(
     if req.tools and mode == "tool_calls":
         mode = "reasoning"  # a client must never mistake our internal calls for its own
     status = "ok"
+    said: list[str] = []  # for the title of a session whose client left before the end
+    answered = False
     try:
         yield w.role()
         ev: agent.Event | None = first
         while ev is not None:
             if isinstance(ev, agent.Text):
+                said.append(ev.text)
                 yield w.content(ev.text)
             elif isinstance(ev, agent.Reasoning):
                 yield w.reasoning(ev.text)
@@ -340,6 +347,7 @@ async def _frames(
                 yield w.finish(ev.finish_reason)
                 if req.include_usage:
                     yield w.usage(ev.usage or wire.add_usage(None, None))
+                answered = True
                 rt.after_answer(turn, model, ev.message)
                 break
             ev = await anext(events, None)
@@ -354,6 +362,8 @@ async def _frames(
         status = "cancelled"
         raise
     finally:
+        if not answered and said:
+            rt.after_answer(turn, model, {"role": "assistant", "content": "".join(said)})
         with contextlib.suppress(Exception):
             await events.aclose()
         await stack.aclose()

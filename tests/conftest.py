@@ -72,7 +72,7 @@ class DaemonProc:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"daemon exited {self.proc.returncode}: {self.stderr()}")
             text = lock.read_text() if lock.exists() else ""
-            if "http://" in text:
+            if f"pid {self.proc.pid}," in text:  # not a killed daemon's stale line
                 self.url = text.strip().split(", ", 1)[1]
                 self.token = (self.home / "token").read_text().strip()
                 return self

@@ -308,7 +308,6 @@ def test_edit_and_regenerate_supersede_and_are_never_sent_again(
     assert a2["content"] in kept.values()  # superseded messages stay in the file
 
 
-@pytest.mark.xfail(strict=True, reason="GET /v1/sessions/{id} has no way to show superseded messages")
 def test_get_can_show_superseded_messages_marked(daemon: DaemonProc, upstream: Upstream) -> None:
     _, sid = chat(daemon, [user("original")])
     chat(daemon, [user("original"), assistant("ok"), user("next")], sid)
