@@ -82,6 +82,7 @@ _INDEX = ".index.sqlite3"
 _CLEAN = ".clean"
 _TITLE_CHARS = 60
 _CANDIDATES = 20  # sessions compared exactly for one hash lookup
+_NO_RESULT = '{"error": "no result: the request ended before this tool call finished"}'
 _O_BINARY = getattr(os, "O_BINARY", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # a symlink planted in sessions/ must not lead outside it
 
@@ -224,6 +225,25 @@ def _without_internal(message: Message, internal: set[str]) -> Message:
         out["tool_calls"] = kept
     else:
         out.pop("tool_calls", None)
+    return out
+
+
+def _with_results(messages: Sequence[Message]) -> list[Message]:
+    """The model's copy with a result for every tool call left without one: a process killed, stopped or
+    cancelled between a call and its result leaves it so in the file, and providers refuse such a history."""
+    out: list[Message] = []
+    waiting: list[str] = []  # ids of the last assistant message's calls that no result answered yet
+    for message in messages:
+        role = message.get("role")
+        if role == "tool":
+            if message.get("tool_call_id") in waiting:
+                waiting.remove(message["tool_call_id"])
+        elif waiting:
+            out += [{"role": "tool", "tool_call_id": i, "content": _NO_RESULT} for i in waiting]
+            waiting = []
+        out.append(dict(message))
+        if role == "assistant" and isinstance(message.get("tool_calls"), list):
+            waiting = sorted(_call_ids(message))
     return out
 
 
@@ -1055,7 +1075,7 @@ class SessionStore:
                 self._write(session, line + b"\n")
                 session.supersede(seqs)
         self._append(session, [(m, ...) for m in plan.append], by="client", turn=number)
-        return Turn(self, session, shown_id, created, [dict(m) for m in plan.model], number, model)
+        return Turn(self, session, shown_id, created, _with_results(plan.model), number, model)
 
     async def _exit(self, turn: Turn) -> None:
         session = turn._session
