@@ -495,8 +495,11 @@ def _write_atomic(path: Path, data: bytes, run: str, *, sync: bool = True) -> No
         _write_all(fd, data)
         if sync:
             os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written temp file
+        raise
+    os.close(fd)
     try:
         os.replace(tmp, path)
     except OSError:
@@ -931,7 +934,11 @@ class SessionStore:
                     await task
         for session in self._cache.values():
             _close_fd(session)
-        await self.flush()
+        try:
+            await self.flush()
+        except (OSError, sqlite3.Error):  # the files are the truth: the next open rebuilds the index
+            log.exception("saving the sessions on close failed")
+            self._trusted = False
         if self._trusted and not self._slots:
             token = secrets.token_hex(16)
             await self._db(self._index.set_clean, token)
@@ -1042,12 +1049,13 @@ class SessionStore:
         slot = self._pin(key)
         try:
             await slot.request.acquire()
+            made: _Session | None = None  # created here: removed again if the turn cannot start
             try:
                 async with slot.load:
                     session = await self._load_locked(key)
                     created = session is None
                     if session is None:
-                        session = self._create(key, shown_id or key)
+                        session = made = self._create(key, shown_id or key)
                 if fresh and not created:
                     slot.request.release()
                     self._unpin(key)
@@ -1057,6 +1065,8 @@ class SessionStore:
                     await self._save(session, slot)
                 return turn
             except BaseException:
+                if made is not None:
+                    self._discard(made)
                 slot.request.release()
                 raise
         except BaseException:
@@ -1086,7 +1096,10 @@ class SessionStore:
             if not session.deleted:
                 session.model = turn._model
                 session.updated_at = time.time()
-                await self._save(session, slot)
+                try:
+                    await self._save(session, slot)
+                except errors.SoratError:  # logged; the messages are written: the next start rebuilds it
+                    self._trusted = False
         finally:
             slot.request.release()
             self._unpin(key)
@@ -1137,17 +1150,20 @@ class SessionStore:
         if session.deleted:
             raise RuntimeError(f"session {session.id} was deleted")
         path = _paths(self.root, session.key)[0]
-        if session.fd is None:
-            session.fd = os.open(
-                path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _O_BINARY | _O_NOFOLLOW, 0o600
-            )
-            self._dir_dirty = True
         try:
-            _write_all(session.fd, data)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.ftruncate(session.fd, session.size)  # no half line for the next append to follow
-            raise
+            if session.fd is None:
+                session.fd = os.open(
+                    path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _O_BINARY | _O_NOFOLLOW, 0o600
+                )
+                self._dir_dirty = True
+            try:
+                _write_all(session.fd, data)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(session.fd, session.size)  # no half line for the next append to follow
+                raise
+        except OSError as e:
+            raise self._failed(session.id, e) from e
         session.size += len(data)
         self._dirty.add(path)
         self._wake.set()
@@ -1155,9 +1171,38 @@ class SessionStore:
     def _create(self, key: str, session_id: str) -> _Session:
         session = _Session(key, session_id, time.time())
         header = {"sorat_session": FORMAT, "id": session_id, "created_at": round(session.created_at, 3)}
-        self._write(session, _dumps(header) + b"\n")
+        try:
+            self._write(session, _dumps(header) + b"\n")
+        except BaseException:
+            self._discard(session)
+            raise
         self._cache[key] = session
         return session
+
+    def _discard(self, session: _Session) -> None:
+        """Removes a session whose first turn could not start: no half-made session stays behind."""
+        session.deleted = True
+        _close_fd(session)
+        if self._cache.get(session.key) is session:
+            del self._cache[session.key]
+        self._rows.pop(session.key, None)
+        for path in _paths(self.root, session.key):
+            self._dirty.discard(path)
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+    def _write_meta(self, session: _Session, path: Path, meta: dict[str, Any]) -> None:
+        try:
+            _write_atomic(path, _dumps(meta), self._run, sync=False)
+        except OSError as e:
+            raise self._failed(session.id, e) from e
+
+    def _failed(self, session_id: str, e: OSError) -> errors.SoratError:
+        """A write the disk refused (full, read-only, gone): the log and the client are told which and why."""
+        log.error("cannot save session %s in %s: %s", session_id, self.root, e)
+        return errors.SoratError(
+            f"sorat could not save session {session_id!r} in {self.root}: {e.strerror or e}"
+        )
 
     async def _save(self, session: _Session, slot: _Slot, *, force: bool = False) -> None:
         """Writes the metadata file, then queues the index row.
@@ -1173,7 +1218,7 @@ class SessionStore:
             session.version += 1
             meta = session.meta()
             path = _paths(self.root, session.key)[1]
-            _write_atomic(path, _dumps(meta), self._run, sync=False)
+            self._write_meta(session, path, meta)
             self._dirty.add(path)
             self._dir_dirty = True
             row = _row_from_meta(session.key, meta, meta["size"])
@@ -1187,8 +1232,12 @@ class SessionStore:
 
     async def _flush_rows(self) -> None:
         if self._rows:
-            rows, self._rows = list(self._rows.values()), {}
-            await self._db(self._index.upsert, rows)
+            rows, self._rows = self._rows, {}
+            try:
+                await self._db(self._index.upsert, list(rows.values()))
+            except BaseException:  # a full disk, say: the rows wait for the next flush (newer ones win)
+                self._rows = {**rows, **self._rows}
+                raise
 
     # -- cache and locks --------------------------------------------------------------------------------
 
@@ -1302,8 +1351,8 @@ class SessionStore:
             self._wake.clear()
             try:
                 await self.flush()
-            except OSError:
-                log.exception("fsync of session files failed")
+            except (OSError, sqlite3.Error):
+                log.exception("saving the session files or the index failed; retrying with the next write")
 
     async def list(self, limit: int = 100, after: str | None = None) -> tuple[builtins.list[dict], bool]:
         """Rows newest first (by updated_at) and whether more follow."""
@@ -1312,7 +1361,10 @@ class SessionStore:
         if after is not None and not valid_session_id(after):
             raise errors.RequestError(f"No session {after!r}", param="after")
         await self._ready.wait()
-        await self._flush_rows()
+        try:
+            await self._flush_rows()
+        except sqlite3.Error as e:  # the index still reads: list what it has
+            log.warning("session index not updated (%s); listing may miss the latest changes", e)
         page = await self._db(self._index.page, limit, None if after is None else _key(after))
         if page is None:
             raise errors.RequestError(f"No session {after!r}", param="after")
