@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import random
+import resource
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -275,3 +276,81 @@ async def test_kill_9_at_random_moments_keeps_every_answered_turn(
     lines = session_lines(home)  # no torn line left anywhere
     assert all(lines[sid] for sid in sids)
     print(f"\nkill -9: {KILLS} kills, {sum(map(len, answered.values()))} answered turns all kept")
+
+
+# --- faults: a full disk ------------------------------------------------------------------------------
+
+
+def no_partial_files(home: Path) -> None:
+    """No temp file, no torn line, no session without a message (a half-made session)."""
+    sessions = home / "sessions"
+    assert not [p.name for p in sessions.iterdir() if p.name.endswith(".tmp")]
+    for sid, records in session_lines(home).items():
+        assert any("message" in r for r in records), f"{sid} has no message"
+
+
+def test_full_disk_fails_clearly_keeps_serving_and_leaves_no_partial_files(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    """A full disk as the daemon meets it. chmod stops no write when the tests run as root (CI does), so
+    RLIMIT_FSIZE is set on the running daemon instead: a write past the limit fails with EFBIG, as one
+    on a full disk fails with ENOSPC."""
+    home = tmp_path / "home"
+    d = start(home, upstream.base_url)
+    pid = pid_of(d)
+    big = "x" * 300_000
+
+    hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)[1]
+
+    def limit(size: int) -> None:  # the soft limit only: raising it again needs no privilege
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (size, hard))
+
+    with d.client() as c:
+
+        def chat(sid: str, content: str, stream: bool = False) -> httpx.Response:
+            body = {"messages": [{"role": "user", "content": content}], "stream": stream}
+            return c.post("/v1/chat/completions", json=body, headers={"X-Session-ID": sid})
+
+        assert chat("big", big).status_code == 200
+        assert eventually(lambda: c.get("/v1/sessions/big").json()["title"] == upstream.title_reply)
+        sent = len(upstream.requests)
+
+        limit(200_000)  # files past 200 kB cannot grow: big's messages can't, a new session's can
+        err = assert_openai_error(chat("big", "one more"), 500, "server_error")
+        assert "'big'" in err["message"] and "File too large" in err["message"]
+        assert len(upstream.requests) == sent  # nothing runs that could not be kept
+        upstream.script(text("y" * 300_000, chunks=30))
+        r = chat("long", "a long answer please", stream=True)
+        events = sse(r.text)
+        assert r.status_code == 200 and events[-1] == "[DONE]" and said(events) == "y" * 300_000
+        assert "File too large" in events[-2]["error"]["message"]  # said, but could not be kept
+        err = assert_openai_error(chat("fresh", big), 500, "server_error")
+        assert "File too large" in err["message"]
+
+        limit(200)  # nothing grows past 200 bytes: a new session's first answer and metadata can't
+        err = assert_openai_error(chat("tiny", "hi"), 500, "server_error")
+        assert "File too large" in err["message"]
+        events = sse(chat("tiny2", "hi", stream=True).text)
+        assert events[-1] == "[DONE]" and "File too large" in events[-2]["error"]["message"]
+        listing = c.get("/v1/sessions")  # the index cannot take new rows: listing still answers
+        assert listing.status_code == 200 and listing.json()["object"] == "list"
+
+        limit(hard)  # space again: the daemon goes on as before
+        assert chat("big", "after the disk was freed").status_code == 200
+        assert user_messages(c.get("/v1/sessions/big").json()) == [big, "after the disk was freed"]
+        assert c.get("/v1/sessions/fresh").status_code == 404
+        assert user_messages(c.get("/v1/sessions/long").json()) == ["a long answer please"]
+        listed = {row["id"] for row in c.get("/v1/sessions").json()["data"]}
+        assert {"big", "long"} <= listed and "fresh" not in listed
+    no_partial_files(home)
+    assert "File too large" in (home / "logs" / "sorat.log").read_text()
+    assert d.stop() == 0
+    d = start(home, upstream.base_url)  # and everything reads the same after a restart
+    try:
+        with d.client() as c:
+            assert user_messages(c.get("/v1/sessions/big").json()) == [big, "after the disk was freed"]
+            assert {"big", "long"} <= {row["id"] for row in c.get("/v1/sessions").json()["data"]}
+    finally:
+        assert d.stop() == 0
+    no_partial_files(home)
+    assert "Traceback" not in d.stderr()
