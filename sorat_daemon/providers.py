@@ -100,6 +100,20 @@ def _error_fields(raw: bytes) -> tuple[str, Any, Any, Any]:
     return " ".join(text.split())[:300] or "no details", None, None, None
 
 
+def _deltas(
+    norm: wire.DeltaNormalizer, events: list[wire.Event]
+) -> tuple[list[Delta], errors.ProviderError | None]:
+    """The coalesced deltas of one read, and the error that ended it: what came before an error still
+    reaches the client."""
+    out: list[Delta | None] = []
+    try:
+        for ev in events:
+            out.append(norm.event(ev))
+    except errors.ProviderError as e:
+        return wire.coalesce(out), e
+    return wire.coalesce(out), None
+
+
 class Provider:
     """One OpenAI-compatible endpoint (``types.ModelClient``)."""
 
@@ -291,15 +305,19 @@ class Provider:
                         async with asyncio.timeout(self._finish_grace):
                             data = await anext(chunks)
                 except StopAsyncIteration:
-                    for ev in decoder.close():
-                        d = norm.event(ev)
-                        if d is not None:
-                            yield d
-                    break
-                for ev in decoder.feed(data):
-                    d = norm.event(ev)
-                    if d is not None:
+                    deltas, failure = _deltas(norm, decoder.close())
+                    for d in deltas:
                         yield d
+                    if failure:
+                        raise failure from None
+                    break
+                # what arrived in one read goes on as few deltas: the client gets every token as soon
+                # as it exists, without a frame, a write and a wake-up per upstream chunk
+                deltas, failure = _deltas(norm, decoder.feed(data))
+                for d in deltas:
+                    yield d
+                if failure:
+                    raise failure from None
         except TimeoutError:
             if norm.finish is None:  # the grace timeout runs only after the finish_reason
                 raise self._timeout_error() from None

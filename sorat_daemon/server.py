@@ -322,42 +322,45 @@ async def _frames(
     status = "ok"
     said: list[str] = []  # for the title of a session whose client left before the end
     answered = False
+    out = [w.role()]  # frames go out together up to the next wait: one write, not one per frame
     try:
-        yield w.role()
         ev: agent.Event | None = first
         while ev is not None:
             if isinstance(ev, agent.Text):
                 said.append(ev.text)
-                yield w.content(ev.text)
+                out.append(w.content(ev.text))
             elif isinstance(ev, agent.Reasoning):
-                yield w.reasoning(ev.text)
+                out.append(w.reasoning(ev.text))
             elif isinstance(ev, agent.ToolCall):
                 if mode == "tool_calls":
-                    yield w.tool_call(index, ev.id, ev.name, ev.arguments)
+                    out.append(w.tool_call(index, ev.id, ev.name, ev.arguments))
                     index += 1
                 elif mode == "reasoning":
-                    yield w.reasoning(f"{ev.name} {ev.arguments}\n")
+                    out.append(w.reasoning(f"{ev.name} {ev.arguments}\n"))
             elif isinstance(ev, agent.KeepAlive):
-                yield wire.KEEPALIVE
+                out.append(wire.KEEPALIVE)
             elif isinstance(ev, agent.Done):
                 for call in ev.message.get("tool_calls") or ():
                     fn = call["function"]
-                    yield w.tool_call(index, call["id"], fn["name"], fn["arguments"])
+                    out.append(w.tool_call(index, call["id"], fn["name"], fn["arguments"]))
                     index += 1
-                yield w.finish(ev.finish_reason)
+                out.append(w.finish(ev.finish_reason))
                 if req.include_usage:
-                    yield w.usage(ev.usage or wire.add_usage(None, None))
+                    out.append(w.usage(ev.usage or wire.add_usage(None, None)))
                 answered = True
                 rt.after_answer(turn, model, ev.message)
                 break
+            if out:
+                yield b"".join(out)
+                out.clear()
             ev = await anext(events, None)
     except SoratError as e:
         status = f"error {e.status}"
-        yield w.error(e.body())
+        out.append(w.error(e.body()))
     except Exception:
         log.exception("stream failed")
         status = "error 500"
-        yield w.error(SoratError("Internal server error; see sorat's log").body())
+        out.append(w.error(SoratError("Internal server error; see sorat's log").body()))
     except BaseException:
         status = "cancelled"
         raise
@@ -368,4 +371,5 @@ async def _frames(
             await events.aclose()
         await stack.aclose()
         _access("POST", "/v1/chat/completions", 200, start, turn.id, f" stream={status}")
-    yield wire.DONE
+    out.append(wire.DONE)
+    yield b"".join(out)

@@ -1061,8 +1061,8 @@ class SessionStore:
                     self._unpin(key)
                     return None
                 turn = self._begin(session, shown_id or session.id, created, messages, model)
-                if created:
-                    await self._save(session, slot)
+                if created:  # listed at once; the metadata file follows at the turn's end
+                    await self._save(session, slot, file=False)
                 return turn
             except BaseException:
                 if made is not None:
@@ -1204,7 +1204,7 @@ class SessionStore:
             f"sorat could not save session {session_id!r} in {self.root}: {e.strerror or e}"
         )
 
-    async def _save(self, session: _Session, slot: _Slot, *, force: bool = False) -> None:
+    async def _save(self, session: _Session, slot: _Slot, *, force: bool = False, file: bool = True) -> None:
         """Writes the metadata file, then queues the index row.
 
         On the event loop and without an fsync: writing and renaming a small file costs tens of
@@ -1217,9 +1217,10 @@ class SessionStore:
                 return
             session.version += 1
             meta = session.meta()
-            path = _paths(self.root, session.key)[1]
-            self._write_meta(session, path, meta)
-            self._dirty.add(path)
+            if file:
+                path = _paths(self.root, session.key)[1]
+                self._write_meta(session, path, meta)
+                self._dirty.add(path)
             self._dir_dirty = True
             row = _row_from_meta(session.key, meta, meta["size"])
             assert row is not None

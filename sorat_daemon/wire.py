@@ -638,6 +638,37 @@ def parse_completion(obj: Any, source: str = "The provider") -> ModelResult:
     return ModelResult(message, finish, usage)
 
 
+def coalesce(deltas: Iterable[Delta | None]) -> list[Delta]:
+    """Merge neighbouring deltas that carry only text of the same kind (content, or reasoning), keeping
+    their order; anything else (tool calls, finish, usage) stays a delta of its own."""
+    out: list[Delta] = []
+    last: Delta | None = None
+    for d in deltas:
+        if d is None:
+            continue
+        plain = d.tool_calls is None and d.finish_reason is None and d.usage is None
+        if plain and last is not None:
+            if (
+                d.reasoning is None
+                and last.reasoning is None
+                and d.content is not None
+                and last.content is not None
+            ):
+                last.content += d.content
+                continue
+            if (
+                d.content is None
+                and last.content is None
+                and d.reasoning is not None
+                and last.reasoning is not None
+            ):
+                last.reasoning += d.reasoning
+                continue
+        out.append(d)
+        last = d if plain else None
+    return out
+
+
 class ToolCallAccumulator:
     """Normalised ToolCallDeltas → complete OpenAI tool calls, extra fields (Gemini's extra_content) kept.
     A known id or name is never replaced; ids are made up where a provider gave none."""

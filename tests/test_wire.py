@@ -610,3 +610,26 @@ def test_decoder_and_normalizer_are_fast() -> None:
     elapsed = time.perf_counter() - start
     assert n == 30_000
     assert elapsed < 1.0, f"{30_000 / elapsed:.0f} chunks/s"
+
+
+def test_coalesce_merges_only_neighbouring_text_of_one_kind() -> None:
+    call = ToolCallDelta(0, "c1", "f", "{}")
+    deltas = [
+        Delta(reasoning="a"),
+        Delta(reasoning="b"),
+        Delta(content="c"),
+        None,
+        Delta(content="d"),
+        Delta(tool_calls=[call]),
+        Delta(content="e"),
+        Delta(content="f", finish_reason="stop"),
+        Delta(usage={"total_tokens": 1}),
+    ]
+    assert wire.coalesce(deltas) == [
+        Delta(reasoning="ab"),
+        Delta(content="cd"),
+        Delta(tool_calls=[call]),
+        Delta(content="e"),
+        Delta(content="f", finish_reason="stop"),
+        Delta(usage={"total_tokens": 1}),
+    ]
