@@ -305,16 +305,16 @@ class Provider:
                         async with asyncio.timeout(self._finish_grace):
                             data = await anext(chunks)
                 except StopAsyncIteration:
-                    deltas, failure = _deltas(norm, decoder.close())
-                    for d in deltas:
+                    last, failure = _deltas(norm, decoder.close())
+                    for d in last:
                         yield d
                     if failure:
                         raise failure from None
                     break
                 # what arrived in one read goes on as few deltas: the client gets every token as soon
                 # as it exists, without a frame, a write and a wake-up per upstream chunk
-                deltas, failure = _deltas(norm, decoder.feed(data))
-                for d in deltas:
+                batch, failure = _deltas(norm, decoder.feed(data))
+                for d in batch:
                     yield d
                 if failure:
                     raise failure from None
