@@ -162,6 +162,9 @@ def _call_ids(message: Message | None) -> set[str]:
     return {c["id"] for c in calls if isinstance(c, dict) and isinstance(c.get("id"), str)}
 
 
+_THINK = re.compile(r"^\s*(?:<think>.*?</think>\s*)+", re.DOTALL)
+
+
 def _form(message: Message, internal: Iterable[str] | set[str] = (), *, coarse: bool = False) -> bytes:
     """The canonical bytes two messages are compared by. Key order, null fields, reasoning, list-vs-string
     content and internal tool calls a client echoes back don't count. ``coarse`` also drops tool calls:
@@ -169,6 +172,8 @@ def _form(message: Message, internal: Iterable[str] | set[str] = (), *, coarse: 
     role = message.get("role")
     out: dict[str, Any] = {"role": role}
     content = _content(message.get("content"))
+    if role == "assistant" and isinstance(content, str) and "<think>" in content:
+        content = _THINK.sub("", content) or None  # chat apps send the reasoning back wrapped in <think>
     if content is not None:
         out["content"] = content
     if message.get("name"):

@@ -706,3 +706,13 @@ async def play(root: Path, ops: list[Op]) -> None:
 def test_history_property(tmp_path: Path, ops: list[Op]) -> None:
     root = Path(tempfile.mkdtemp(dir=tmp_path)) / "sessions"
     asyncio.run(play(root, ops))
+
+
+async def test_reasoning_echoed_in_think_tags_is_not_an_edit(root: Path, store: SessionStore) -> None:
+    """Open WebUI and other chat apps send the streamed reasoning back inside <think> tags."""
+    history = [SYSTEM, user("q1")]
+    await answer(store, "t", history, "a1")
+    echoed = [SYSTEM, user("q1"), assistant("<think>get_current_time {}\n</think>\na1"), user("q2")]
+    async with store.turn(None, echoed, model="m") as turn:
+        assert turn.id == "t" and not turn.created
+        assert [m["content"] for m in turn.messages] == ["You are terse.", "q1", "a1", "q2"]
