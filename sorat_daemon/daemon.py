@@ -193,6 +193,28 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+_closing_on_eof = False
+
+
+def _close_on_eof() -> None:
+    """hypercorn 0.18 keeps a connection its client closed (CLOSE-WAIT: an open fd) until the keep-alive
+    timer (75 s here) ends, because the connection's task group waits for that timer: a client opening a
+    connection per request would run the daemon out of fds. Stop the timer once the client is gone."""
+    global _closing_on_eof
+    if _closing_on_eof:
+        return
+    from hypercorn.asyncio.tcp_server import TCPServer
+
+    read_data = TCPServer._read_data
+
+    async def _read_data(self: TCPServer) -> None:
+        await read_data(self)  # returns when the client closed or the connection broke
+        await self.idle_task.stop()
+
+    TCPServer._read_data = _read_data  # type: ignore[method-assign]
+    _closing_on_eof = True
+
+
 def _new_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop
@@ -242,6 +264,7 @@ class Daemon:
             hc.bind = [f"fd://{sock.detach()}"]  # hypercorn owns the socket from here
             hc.graceful_timeout = GRACEFUL_S
             hc.keep_alive_timeout = 75
+            _close_on_eof()
             hc.accesslog = None
             hc.errorlog = logging.getLogger("hypercorn.error")
             if signals and threading.current_thread() is threading.main_thread():
