@@ -23,7 +23,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import DEFAULT_EXTRA, DaemonProc, write_config
-from tests.upstream import Reply, Upstream, render, text, tool_calls
+from tests.upstream import Reply, Upstream, error, html, raw, render, text, tool_calls
 
 USER = [{"role": "user", "content": "hi"}]
 SOAK = os.environ.get("SORAT_SOAK") == "1"  # the full-length load runs (60 s) instead of CI's short ones
@@ -354,3 +354,143 @@ def test_full_disk_fails_clearly_keeps_serving_and_leaves_no_partial_files(
         assert d.stop() == 0
     no_partial_files(home)
     assert "Traceback" not in d.stderr()
+
+
+# --- faults: a broken upstream ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def faulty(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc]:
+    """A daemon whose provider may be silent for 1 s at most."""
+    d = start(
+        tmp_path_factory.mktemp("faulty") / "home", upstream.base_url, agent="provider_read_timeout_s = 1"
+    )
+    yield d
+    assert d.stop() == 0
+
+
+def garbled(reply: Reply, junk: list[bytes]) -> Reply:
+    """The reply's SSE frames with a garbage line after each."""
+    frames = render(reply, True, True, "gpt-4o")
+    assert isinstance(frames, tuple)
+    return raw([f + junk[i % len(junk)] for i, f in enumerate(frames)])
+
+
+JUNK = [
+    b"\x00\xff\xfe not sse at all\n\n",
+    b"data: {not json\n\n",
+    b"event: ping\n\n",
+    b"data:\n\n",
+    b"::::\n\n",
+]
+TOOL_ROUND = tool_calls([("get_current_time", {"timezone": "UTC"})])
+
+# name → (replies, stream, expected): expected is an HTTP status before the stream, "event" for an error event
+# after what was said, or "ok" for an answer that survives
+FAULTS: dict[str, tuple[tuple[Reply, ...], bool, Any]] = {
+    "reset mid-body, whole answer": ((text("one two three", drop_after=0),), False, 502),
+    "reset mid-stream after a tool round": (
+        (TOOL_ROUND, text("one two three four five six", chunks=6, drop_after=3)),
+        True,
+        "event",
+    ),
+    "garbage lines only": ((raw([b"data: {not json\n\n", *JUNK, b"data: [DONE]\n\n"]),), True, 502),
+    "garbage lines between chunks": ((garbled(text("Hello there world", chunks=3), JUNK),), True, "ok"),
+    "a 200 with HTML, streamed": ((html(),), True, 502),
+    "stall mid-body, whole answer": ((text("a b c d", stall_after=0),), False, 504),
+    "stall mid-stream after a tool round": (
+        (TOOL_ROUND, text("a b c d", chunks=4, stall_after=3)),
+        True,
+        "event",
+    ),
+}
+
+
+def provoke(
+    d: DaemonProc, upstream: Upstream, replies: tuple[Reply, ...], stream: bool, expected: Any, sid: str
+) -> None:
+    """One request meeting the fault; on one session, as each new session keeps a file open while cached."""
+    upstream.script(*replies)
+    t0 = time.monotonic()
+    with d.client() as c:
+        body = {"messages": USER, "stream": stream}
+        r = c.post("/v1/chat/completions", json=body, headers={"X-Session-ID": sid})
+    assert time.monotonic() - t0 < 8, "a fault must not hang the request"
+    if isinstance(expected, int):
+        err = assert_openai_error(r, expected, "api_error")
+        assert "sk-upstream-secret" not in err["message"]
+        return
+    events = sse(r.text)
+    assert r.status_code == 200 and events[-1] == "[DONE]", r.text
+    if expected == "ok":
+        assert complete_stream(events) and said(events) == "Hello there world"
+    else:
+        assert events[-2]["error"]["type"] == "api_error" and events[-2]["error"]["message"]
+        assert any(e["choices"][0]["delta"].get("tool_calls") for e in events[:-2] if e.get("choices"))
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_upstream_fault_gives_its_error_and_leaks_nothing(
+    faulty: DaemonProc, upstream: Upstream, fault: str
+) -> None:
+    replies, stream, expected = FAULTS[fault]
+    pid = pid_of(faulty)
+    sid = "fault-" + "".join(c if c.isalnum() else "-" for c in fault)
+    provoke(faulty, upstream, replies, stream, expected, sid)  # the first time may open pooled connections
+    before = settle_fds(pid, 0, timeout=0.2)
+    for _ in range(3):
+        provoke(faulty, upstream, replies, stream, expected, sid)
+    after = settle_fds(pid, before + 2)
+    assert after <= before + 2, f"{fault}: {before} → {after} open fds"
+    assert upstream.wait_for(lambda: upstream.pending == 0, 1)
+
+
+def test_connections_the_client_closes_are_released_at_once(faulty: DaemonProc) -> None:
+    """One connection per request (curl, many scripts): each must be closed when its client closes it,
+    not when the 75 s keep-alive ends (hypercorn kept them in CLOSE-WAIT until then)."""
+    pid = pid_of(faulty)
+    with faulty.client() as c:
+        c.get("/v1/models")
+    before = settle_fds(pid, 0, timeout=0.2)
+    for _ in range(50):
+        with faulty.client() as c:
+            assert c.get("/v1/models").status_code == 200
+    after = settle_fds(pid, before + 2, timeout=5)
+    assert after <= before + 2, f"{before} → {after} open fds after 50 closed connections"
+
+
+def test_a_storm_of_429s(faulty: DaemonProc, upstream: Upstream) -> None:
+    """Every request in a burst meets 429s until its retries run out: each gets a 502 saying so, soon."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pid = pid_of(faulty)
+    n = 40
+    URL = "/v1/chat/completions"
+
+    def session(i: int) -> dict[str, str]:
+        return {"X-Session-ID": f"storm-{i}"}
+
+    def burst() -> list[httpx.Response]:
+        with faulty.client(limits=httpx.Limits(max_connections=n)) as c, ThreadPoolExecutor(n) as pool:
+            return list(
+                pool.map(lambda i: c.post(URL, json={"messages": USER}, headers=session(i)), range(n))
+            )
+
+    upstream.default = text("calm")
+    burst()  # the pool of connections to the provider grows to the burst's size
+    before = settle_fds(pid, 0, timeout=0.2)
+    upstream.default = error(429, "Rate limit reached for requests", code="rate_limit_exceeded")
+    t0 = time.monotonic()
+    for _ in range(2):
+        for r in burst():
+            err = assert_openai_error(r, 502, "api_error")
+            assert "429" in err["message"] and "Rate limit reached" in err["message"]
+    took = time.monotonic() - t0
+    assert took < 20
+    assert len(upstream.requests) >= 2 * n * 3 + n  # three attempts each
+    upstream.default = text("calm")
+    with faulty.client() as c:
+        assert c.post("/v1/chat/completions", json={"messages": USER}).status_code == 200
+    after = settle_fds(pid, before + 2)
+    assert after <= before + 2, f"{before} → {after} open fds"
+    print(f"\n429 storm: 2 x {n} requests, {took:.1f} s, fds {before} → {after}")
