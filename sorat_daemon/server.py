@@ -55,7 +55,10 @@ def host_name(host: str) -> str:
     host = host.strip().lower()
     if host.startswith("["):
         end = host.find("]")
-        return host[: end + 1] if end > 0 else ""
+        port = host[end + 1 :] if end > 0 else "x"
+        if port and not (port[0] == ":" and port[1:].isdigit()):
+            return ""  # "[::1]evil.com" is not [::1]
+        return host[: end + 1]
     name, sep, port = host.rpartition(":")
     return name if sep and port.isdigit() else host
 
@@ -81,6 +84,10 @@ def create_app(rt: Runtime) -> Quart:
         g.start = time.perf_counter()
         headers = request.headers
         host = headers.get("Host", "")
+        target = request.scope.get("raw_path") or b"/"
+        if not target.startswith(b"/"):  # absolute-form: the target's authority names the server, not Host
+            parts = target.split(b"/", 3)
+            host = parts[2].decode("latin-1") if len(parts) > 2 and parts[0].endswith(b":") else ""
         if host_name(host) not in allowed_hosts and host.strip().lower() not in allowed_hosts:
             raise PermissionDenied(
                 "Host header not allowed; add it to [server] allowed_hosts in config.toml to accept it"
