@@ -8,11 +8,13 @@ Figures (streams/s, fd and RSS growth, time to stop) are printed: run with ``-s`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
 import resource
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +31,7 @@ from tests.upstream import Reply, Upstream, error, html, raw, render, text, tool
 USER = [{"role": "user", "content": "hi"}]
 SOAK = os.environ.get("SORAT_SOAK") == "1"  # the full-length load runs (60 s) instead of CI's short ones
 HOMES: list[Path] = []  # every daemon home this module made: the last test scans their logs for secrets
+STARTED: list[DaemonProc] = []
 TOOLS = '[run_command]\nmode = "allowlist"\nallow = ["sleep", "env", "echo"]\n'
 ENV_KEY = "sk-env-provider-secret-0123456789"
 
@@ -101,7 +104,19 @@ def start(
     (home / "tools.toml").write_text(TOOLS)
     if home not in HOMES:
         HOMES.append(home)
-    return DaemonProc(home, env=env).start()
+    d = DaemonProc(home, env=env)
+    STARTED.append(d)
+    return d.start()
+
+
+@pytest.fixture(autouse=True)
+def _no_daemon_left() -> Iterator[None]:
+    """A failed test must not leave its daemon running."""
+    yield
+    while STARTED:
+        d = STARTED.pop()
+        if d.proc is not None and d.proc.poll() is None:
+            d.kill()
 
 
 def pid_of(d: DaemonProc) -> int:
@@ -696,3 +711,203 @@ async def test_thousands_of_turns_on_100_sessions_leak_nothing(
         assert growth < 0.05
     finally:
         assert d.stop() == 0
+
+
+FLOOD_CHARS = 20_000_000  # a 20 MB answer, streamed to a client that never reads it
+
+
+def abuse_route(body: dict[str, Any]) -> Reply:
+    asked = body["messages"][-1]["content"]
+    if asked == "flood":
+        return text("x" * FLOOD_CHARS, chunks=FLOOD_CHARS // 10_000, chunk_delay=0.0001)
+    return text("ok")
+
+
+async def test_slow_and_abusive_clients_do_not_starve_the_others(
+    routed: RoutedUpstream, tmp_path: Path
+) -> None:
+    """100 connections that send nothing, headers sent a byte at a time, a body sent a byte at a time, and a
+    20 MB stream into a client that never reads: other clients are served promptly, and the daemon's memory
+    stays bounded (back-pressure reaches the provider instead of piling up in the daemon)."""
+    routed.route = abuse_route
+    d = start(tmp_path / "home", routed.base_url)
+    pid = pid_of(d)
+    host, port = d.url.removeprefix("http://").split(":")
+    auth = f"Authorization: Bearer {d.token}\r\n"
+    with d.client() as c:
+        assert c.post("/v1/chat/completions", json={"messages": USER}).status_code == 200
+    fds_before, rss_before = settle_fds(pid, 0, timeout=0.3), rss_kb(pid)
+    opened: list[socket.socket] = []
+
+    def connect(rcvbuf: int | None = None) -> socket.socket:
+        s = socket.socket()
+        if rcvbuf:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        s.connect((host, int(port)))
+        opened.append(s)
+        return s
+
+    async def dribble(s: socket.socket, data: bytes) -> None:
+        for i in range(len(data)):
+            s.send(data[i : i + 1])
+            await asyncio.sleep(0.01)  # the abuse itself: one byte every 10 ms
+
+    try:
+        for _ in range(100):
+            connect()  # and say nothing
+        head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\n{auth}X-Pad: {'p' * 5000}\r\n".encode()
+        body = json.dumps({"messages": USER}).encode() + b" " * 5000
+        slow_body = f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\n{auth}".encode()
+        slow_body += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        connect().sendall(slow_body)
+        dribblers = [
+            asyncio.create_task(dribble(connect(), head)),
+            asyncio.create_task(dribble(opened[-2], body)),
+        ]
+        flood = json.dumps({"messages": [{"role": "user", "content": "flood"}], "stream": True}).encode()
+        reader = connect(rcvbuf=4096)
+        reader.sendall(
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\n"
+            f"Content-Length: {len(flood)}\r\n\r\n".encode()
+            + flood
+        )
+        before = routed.count
+        assert await routed.until(lambda: routed.count > before)  # the flood is flowing (or blocked)
+
+        worst = 0.0
+        peak = rss_kb(pid)
+        async with httpx.AsyncClient(base_url=d.url, headers=d.headers(), timeout=10) as client:
+            for n in range(30):
+                t0 = time.monotonic()
+                body = {"messages": [{"role": "user", "content": f"hi {n}"}]}
+                r = await client.post("/v1/chat/completions", json=body, headers={"X-Session-ID": "probe"})
+                worst = max(worst, time.monotonic() - t0)
+                assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "ok"
+                peak = max(peak, rss_kb(pid))
+                await asyncio.sleep(0.05)  # spread over 1.5 s while the abusers go on
+        grown = (peak - rss_before) // 1024
+        print(f"\nabusive clients: others served in {worst * 1000:.0f} ms at worst, daemon RSS +{grown} MB")
+        assert worst < 1.0
+        assert grown < FLOOD_CHARS // 2**20 // 2, f"the daemon grew by {grown} MB"
+    finally:
+        for task in dribblers:
+            task.cancel()
+        for s in opened:
+            s.close()
+    assert await routed.until(lambda: routed.disconnects >= 1)  # the flood's provider call was cancelled
+    fds_after = settle_fds(pid, fds_before + 2)
+    assert fds_after <= fds_before + 2, f"{fds_before} → {fds_after} open fds"
+    with d.client() as c:
+        assert c.post("/v1/chat/completions", json={"messages": USER}).status_code == 200
+    assert d.stop() == 0
+
+
+# --- abuse: headers ----------------------------------------------------------------------------------------
+
+
+def raw_request(d: DaemonProc, data: bytes) -> tuple[int, bytes]:
+    """Exact bytes to the daemon, for what no HTTP client would send: the status and the body."""
+    host, port = d.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        got = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := s.recv(65536):
+                got += chunk
+    head, _, body = got.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def request_bytes(d: DaemonProc, *lines: str, target: str = "/v1/models", token: bool = True) -> bytes:
+    auth = [f"Authorization: Bearer {d.token}"] if token else []
+    return "\r\n".join([f"GET {target} HTTP/1.1", *lines, *auth, "Connection: close", "", ""]).encode()
+
+
+HUGE = "h" * 65536
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        ["Host: localhost", f"X-Huge: {HUGE}"],
+        ["Host: localhost", *(f"X-Many-{i}: {'m' * 60}" for i in range(1000))],  # 64 KB in small headers
+        ["Host: localhost", f"Cookie: {HUGE}"],
+    ],
+    ids=["one 64 KB header", "1000 headers", "a 64 KB cookie"],
+)
+def test_huge_headers_refused(daemon: DaemonProc, lines: list[str]) -> None:
+    status, _ = raw_request(daemon, request_bytes(daemon, *lines))
+    assert status == 431
+    assert httpx.get(daemon.url + "/health").status_code == 200
+
+
+def test_a_64_kb_token_refused(daemon: DaemonProc) -> None:
+    status, _ = raw_request(
+        daemon, request_bytes(daemon, "Host: localhost", f"Authorization: Bearer {HUGE}", token=False)
+    )
+    assert status == 431
+    status, body = raw_request(
+        daemon, request_bytes(daemon, "Host: localhost", f"Authorization: Bearer {'t' * 15000}", token=False)
+    )
+    assert status == 401 and orjson.loads(body)["error"]["type"] == "authentication_error"
+
+
+@pytest.mark.parametrize(
+    ("lines", "target", "status"),
+    [
+        (["Host: localhost", "Host: evil.com"], "/v1/models", 400),  # two Hosts: h11 refuses them
+        (["Host: evil.com", "Host: localhost"], "/v1/models", 400),
+        (["Host: [::1]evil.com"], "/v1/models", 403),
+        (["Host: [::1]:80evil.com"], "/v1/models", 403),
+        (["Host: localhost:80@evil.com"], "/v1/models", 403),
+        (["Host: localhost evil.com"], "/v1/models", 403),
+        (["Host: localhost"], "http://evil.com/v1/models", 403),  # absolute-form names the server itself
+        (["Host: localhost"], "http://localhost@evil.com/v1/models", 403),
+        (["Host: localhost"], "http://localhost:8080/v1/models", 200),
+        (
+            ["Host: localhost", "Origin: http://allowed.example", "Origin: http://evil.example"],
+            "/v1/models",
+            403,
+        ),
+        (["Host: localhost", "Origin: "], "/v1/models", 403),
+        (["Host: localhost", "Origin: http://allowed.example/"], "/v1/models", 403),
+    ],
+)
+def test_host_and_origin_tricks(daemon: DaemonProc, lines: list[str], target: str, status: int) -> None:
+    got, body = raw_request(daemon, request_bytes(daemon, *lines, target=target))
+    assert got == status, body
+    if status == 403:
+        assert orjson.loads(body)["error"]["type"] == "permission_error"
+
+
+def test_no_token_in_the_query_and_one_authorization_only(daemon: DaemonProc) -> None:
+    for target in (f"/v1/models?api_key={daemon.token}", f"/v1/models?access_token={daemon.token}"):
+        status, _ = raw_request(daemon, request_bytes(daemon, "Host: localhost", target=target, token=False))
+        assert status == 401
+    folded = f"Authorization: Bearer {daemon.token}, Bearer x"
+    status, _ = raw_request(daemon, request_bytes(daemon, "Host: localhost", folded, token=False))
+    assert status == 401
+
+
+@pytest.mark.parametrize("origin", ["null", "https://evil.example", None])
+@pytest.mark.parametrize(
+    "kind", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"]
+)
+def test_form_posts_without_preflight_refused(
+    daemon: DaemonProc, upstream: Upstream, origin: str | None, kind: str
+) -> None:
+    """What a web page can send without a preflight: a simple content type, no Authorization of its own.
+    Even with a leaked token such a request from a foreign origin is refused."""
+    headers = {"Content-Type": kind}
+    if origin is not None:
+        headers["Origin"] = origin
+    body = json.dumps({"messages": USER})
+    r = httpx.post(daemon.url + "/v1/chat/completions", content=body, headers=headers)
+    assert_openai_error(r, 403 if origin else 401, "permission_error" if origin else "authentication_error")
+    if origin:
+        r = httpx.post(
+            daemon.url + "/v1/chat/completions", content=body, headers={**headers, **daemon.headers()}
+        )
+        assert_openai_error(r, 403, "permission_error")
+    assert upstream.requests == []
