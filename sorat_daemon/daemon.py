@@ -205,7 +205,9 @@ def _close_on_eof() -> None:
         return
     from hypercorn.asyncio.tcp_server import TCPServer
 
-    read_data = TCPServer._read_data
+    read_data = getattr(TCPServer, "_read_data", None)
+    if read_data is None:  # another hypercorn: its own behaviour stands (the keep-alive timer still ends it)
+        return
 
     async def _read_data(self: TCPServer) -> None:
         await read_data(self)  # returns when the client closed or the connection broke
