@@ -161,22 +161,9 @@ class Provider:
     async def complete(self, call: ModelCall) -> ModelResult:
         response = await self._post(call, stream=False)
         try:
-            raw = await response.aread()
-        except httpx.ReadTimeout:
-            raise self._timeout_error() from None
-        except _NET_ERRORS as e:
-            raise self._scrub(errors.ProviderError(f"{self._label} broke the connection: {e!r}")) from None
+            return await self._whole(response)
         finally:
             await response.aclose()
-        self._check_not_html(response)
-        try:
-            obj = wire.loads(raw)
-        except ValueError:
-            raise self._not_json(response, raw) from None
-        try:
-            return wire.parse_completion(obj, self._label)
-        except errors.ProviderError as e:
-            raise self._scrub(e) from None
 
     async def stream(self, call: ModelCall) -> AsyncGenerator[Delta, None]:
         response = await self._post(call, stream=True)
@@ -345,7 +332,8 @@ class Provider:
         except httpx.ReadTimeout:
             raise self._timeout_error() from None
         except _NET_ERRORS as e:
-            raise errors.ProviderError(f"{self._label} broke the connection: {e!r}") from None
+            raise self._scrub(errors.ProviderError(f"{self._label} broke the connection: {e!r}")) from None
+        self._check_not_html(response)
         try:
             obj = wire.loads(raw)
         except ValueError:
