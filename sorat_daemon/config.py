@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from sorat_daemon.paths import create_once
+
 log = logging.getLogger("sorat.config")
 
 TOOL_EVENTS = ("tool_calls", "reasoning", "none")
@@ -241,9 +243,4 @@ def read_active_model(file: Path) -> str | None:
 
 def write_template(file: Path) -> bool:
     """Write the commented template if no config exists yet."""
-    try:
-        with open(file, "x", encoding="utf-8") as f:
-            f.write(TEMPLATE)
-    except FileExistsError:
-        return False
-    return True
+    return create_once(file, TEMPLATE)

@@ -53,3 +53,13 @@ class Home:
     def ensure(self) -> None:
         for path in (self.root, self.sessions, self.workspace, self.logs):
             path.mkdir(parents=True, exist_ok=True)
+
+
+def create_once(path: Path, text: str) -> bool:
+    """Write ``text`` to ``path`` unless the file exists (a template never overwrites the user's file)."""
+    try:
+        with open(path, "x", encoding="utf-8") as f:
+            f.write(text)
+    except FileExistsError:
+        return False
+    return True

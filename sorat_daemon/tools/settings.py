@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sorat_daemon.paths import create_once
+
 log = logging.getLogger("sorat.tools")
 
 RUN_MODES = ("allowlist", "unrestricted", "disabled")
@@ -274,9 +276,4 @@ def load(file: Path) -> tuple[ToolSettings, str]:
 
 def write_template(file: Path) -> bool:
     """Write the commented template if no tools.toml exists yet."""
-    try:
-        with open(file, "x", encoding="utf-8") as f:
-            f.write(TEMPLATE)
-    except FileExistsError:
-        return False
-    return True
+    return create_once(file, TEMPLATE)
