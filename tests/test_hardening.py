@@ -25,7 +25,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from tests.conftest import DEFAULT_EXTRA, DaemonProc, write_config
+from tests.conftest import DEFAULT_EXTRA, DaemonProc, clean_env, write_config
 from tests.upstream import Reply, Upstream, error, html, raw, render, text, tool_calls
 
 USER = [{"role": "user", "content": "hi"}]
@@ -83,8 +83,12 @@ def tool_calls_answered(messages: list[dict[str, Any]]) -> bool:
 
 @pytest.fixture(scope="module")
 def routed() -> Iterator[RoutedUpstream]:
-    with RoutedUpstream() as up:
+    up = RoutedUpstream()
+    up.start()
+    try:
         yield up
+    finally:
+        up.stop()
 
 
 def start(
@@ -95,7 +99,9 @@ def start(
     extra: str = DEFAULT_EXTRA,
     env: dict[str, str] | None = None,
     config: str | None = None,
+    for_module: bool = False,
 ) -> DaemonProc:
+    """A daemon whose run_command allows sleep, env and echo; stopped after the test unless for_module."""
     home.mkdir(parents=True, exist_ok=True)
     if config is None:
         write_config(home, upstream_url, extra, agent=agent)
@@ -105,7 +111,8 @@ def start(
     if home not in HOMES:
         HOMES.append(home)
     d = DaemonProc(home, env=env)
-    STARTED.append(d)
+    if not for_module:
+        STARTED.append(d)
     return d.start()
 
 
@@ -126,6 +133,30 @@ def pid_of(d: DaemonProc) -> int:
 
 def fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def open_fds(pid: int, daemon_port: int, upstream_port: int) -> dict[str, int]:
+    """The daemon's fds by kind: client connections, connections to the provider, everything else."""
+    peers: dict[str, tuple[int, int]] = {}  # socket inode → (local port, remote port)
+    for table in ("tcp", "tcp6"):
+        with open(f"/proc/{pid}/net/{table}") as f:
+            for row in list(f)[1:]:
+                cols = row.split()
+                peers[cols[9]] = (int(cols[1].rsplit(":", 1)[1], 16), int(cols[2].rsplit(":", 1)[1], 16))
+    out = {"clients": 0, "provider": 0, "other": 0}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            local, remote = peers.get(link.removeprefix("socket:[").rstrip("]"), (0, 0))
+            kind = (
+                "clients"
+                if local == daemon_port and remote
+                else "provider"
+                if remote == upstream_port
+                else "other"
+            )
+            out[kind] += 1
+    return out
 
 
 def rss_kb(pid: int) -> int:
@@ -185,7 +216,7 @@ def assert_openai_error(r: httpx.Response, status: int, kind: str) -> dict[str, 
     err = r.json()["error"]
     assert set(err) == {"message", "type", "param", "code"} and err["type"] == kind and err["message"]
     assert "Traceback" not in r.text
-    return err  # type: ignore[no-any-return]
+    return err
 
 
 def session_lines(home: Path) -> dict[str, list[Any]]:
@@ -378,9 +409,8 @@ def test_full_disk_fails_clearly_keeps_serving_and_leaves_no_partial_files(
 @pytest.fixture(scope="module")
 def faulty(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProc]:
     """A daemon whose provider may be silent for 1 s at most."""
-    d = start(
-        tmp_path_factory.mktemp("faulty") / "home", upstream.base_url, agent="provider_read_timeout_s = 1"
-    )
+    home = tmp_path_factory.mktemp("faulty") / "home"
+    d = start(home, upstream.base_url, agent="provider_read_timeout_s = 1", for_module=True)
     yield d
     assert d.stop() == 0
 
@@ -492,24 +522,31 @@ def test_a_storm_of_429s(faulty: DaemonProc, upstream: Upstream) -> None:
                 pool.map(lambda i: c.post(URL, json={"messages": USER}, headers=session(i)), range(n))
             )
 
-    upstream.default = text("calm")
-    burst()  # the pool of connections to the provider grows to the burst's size
-    before = settle_fds(pid, 0, timeout=0.2)
-    upstream.default = error(429, "Rate limit reached for requests", code="rate_limit_exceeded")
-    t0 = time.monotonic()
-    for _ in range(2):
+    def storm() -> None:
         for r in burst():
             err = assert_openai_error(r, 502, "api_error")
             assert "429" in err["message"] and "Rate limit reached" in err["message"]
+
+    def kinds() -> dict[str, int]:
+        return open_fds(pid, int(faulty.url.rsplit(":", 1)[1]), upstream.port)
+
+    upstream.default = error(429, "Rate limit reached for requests", code="rate_limit_exceeded")
+    storm()
+    before = kinds()
+    t0 = time.monotonic()
+    storm()
+    storm()
     took = time.monotonic() - t0
     assert took < 20
-    assert len(upstream.requests) >= 2 * n * 3 + n  # three attempts each
+    assert len(upstream.requests) == 3 * n * 3  # three attempts each
     upstream.default = text("calm")
     with faulty.client() as c:
-        assert c.post("/v1/chat/completions", json={"messages": USER}).status_code == 200
-    after = settle_fds(pid, before + 2)
-    assert after <= before + 2, f"{before} → {after} open fds"
-    print(f"\n429 storm: 2 x {n} requests, {took:.1f} s, fds {before} → {after}")
+        assert c.post(URL, json={"messages": USER}, headers=session(0)).status_code == 200
+    eventually(lambda: kinds()["clients"] == 0, 5)
+    after = kinds()
+    assert after["clients"] == 0 and after["other"] <= before["other"] + 2, (before, after)
+    assert after["provider"] <= n + 2, after  # pooled for reuse, never more than the storm needed at once
+    print(f"\n429 storm: 2 x {n} requests, {took:.1f} s, open fds {before} → {after}")
 
 
 # --- faults: SIGTERM with streams in flight ---------------------------------------------------------------
@@ -597,9 +634,11 @@ async def test_sigterm_with_50_streams_in_flight(routed: RoutedUpstream, tmp_pat
 # CI runs each load for a bounded time on 2 cores; SORAT_SOAK=1 runs the full 60 s (and 4x the turns).
 LOAD_S = 60.0 if SOAK else 12.0
 LOAD_STREAMS = 256
+SOAK_TIMEOUT = pytest.mark.timeout(300 if SOAK else 120)
 LOAD_REPLY = text("a load test answer in a few pieces", chunks=4, chunk_delay=0.01)
 
 
+@SOAK_TIMEOUT
 async def test_256_concurrent_streams_without_an_error(routed: RoutedUpstream, tmp_path: Path) -> None:
     import aiohttp
 
@@ -664,6 +703,7 @@ TURNS = 8000 if SOAK else 2000  # after a warm-up of 600
 WARM_UP = 600
 
 
+@SOAK_TIMEOUT
 async def test_thousands_of_turns_on_100_sessions_leak_nothing(
     routed: RoutedUpstream, tmp_path: Path
 ) -> None:
@@ -779,8 +819,8 @@ async def test_slow_and_abusive_clients_do_not_starve_the_others(
         async with httpx.AsyncClient(base_url=d.url, headers=d.headers(), timeout=10) as client:
             for n in range(30):
                 t0 = time.monotonic()
-                body = {"messages": [{"role": "user", "content": f"hi {n}"}]}
-                r = await client.post("/v1/chat/completions", json=body, headers={"X-Session-ID": "probe"})
+                probe = {"messages": [{"role": "user", "content": f"hi {n}"}]}
+                r = await client.post("/v1/chat/completions", json=probe, headers={"X-Session-ID": "probe"})
                 worst = max(worst, time.monotonic() - t0)
                 assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "ok"
                 peak = max(peak, rss_kb(pid))
@@ -911,3 +951,58 @@ def test_form_posts_without_preflight_refused(
         )
         assert_openai_error(r, 403, "permission_error")
     assert upstream.requests == []
+
+
+# --- abuse: secrets -----------------------------------------------------------------------------------------
+
+OPENAI_ENV_KEY = "sk-openai-env-secret-abcdef0123456789"
+
+
+def test_tools_never_see_the_keys_or_the_token(upstream: Upstream, tmp_path: Path) -> None:
+    """A provider key from the environment (under a name no pattern would guess), OPENAI_API_KEY and sorat's
+    own token stay out of a command's environment."""
+    home = tmp_path / "home"
+    config = f'[[providers]]\nname = "scripted"\nbase_url = "{upstream.base_url}"\n'
+    config += 'api_key_env = "UPSTREAM_CREDENTIAL"\n'
+    env = clean_env(
+        home, UPSTREAM_CREDENTIAL=ENV_KEY, OPENAI_API_KEY=OPENAI_ENV_KEY, SORAT_EXTRA="sorat-secret-x"
+    )
+    d = start(home, None, config=config, env=env)
+    try:
+        upstream.script(tool_calls([("run_command", {"command": "env"})]), text("done"))
+        with d.client() as c:
+            r = c.post("/v1/chat/completions", json={"messages": USER})
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "done"
+        assert upstream.headers[0]["authorization"] == f"Bearer {ENV_KEY}"
+        result = upstream.requests[1]["messages"][-1]
+        assert result["role"] == "tool"
+        output = json.loads(result["content"])["stdout"]
+        assert "PATH=" in output and "TERM=dumb" in output
+        for secret in (
+            ENV_KEY,
+            OPENAI_ENV_KEY,
+            d.token,
+            "sorat-secret-x",
+            "UPSTREAM_CREDENTIAL",
+            "SORAT_HOME",
+        ):
+            assert secret not in output
+    finally:
+        assert d.stop() == 0
+
+
+def test_zz_logs_and_sessions_never_hold_a_secret(daemon: DaemonProc) -> None:
+    """After every other test of this module: no bearer token and no provider key in any log or session."""
+    homes = [*HOMES, daemon.home]
+    secrets = {"sk-upstream-secret", ENV_KEY, OPENAI_ENV_KEY}
+    secrets |= {(h / "token").read_text().strip() for h in homes if (h / "token").exists()}
+    scanned = 0
+    for home in homes:
+        files = [home / "daemon-stderr.log", *(home / "logs").glob("*"), *(home / "sessions").glob("*.jsonl")]
+        for path in files:
+            if path.is_file():
+                data = path.read_text(errors="replace")
+                scanned += 1
+                leaked = [s[:6] + "…" for s in secrets if s in data]
+                assert not leaked, f"{path}: {leaked}"
+    assert scanned >= 2 * len(homes)
