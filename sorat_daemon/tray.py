@@ -42,6 +42,7 @@ TRAY_HOST_WAIT_S = 5.0  # at login the panel may come up a moment after sorat
 MODELS_POLL_S = 10.0  # providers may discover models after start; nothing signals that
 CLIPBOARD_TIMEOUT_S = 3.0
 STATUS_CHARS = 90
+X11_WAKE_S = 1.0
 
 
 class TrayDaemon(Protocol):
@@ -336,6 +337,55 @@ def _tray_host_missing(icon: Any) -> str | None:
     return None
 
 
+def _x11_icon_class(base: Any) -> Any:
+    """pystray's X11 backend with four fixes, kept here because they need its internals:
+
+    - its window selects no ButtonPress events, so a click never reached the default action (pystray
+      issue #151);
+    - its loop blocks in python-xlib's next_event(), which can sleep on with an event already queued when
+      another thread (pystray's own cross-thread calls) read it off the socket: the icon stayed blank, or
+      Quit never ended the loop. Waiting in select() with a timeout bounds that to a second;
+    - it sent the tray a dock request on every show and icon change; trayer answers two quick ones by
+      embedding twice and can leave the icon unmapped on the root window: dock once per tray host;
+    - WM_NAME is Latin-1: a title with "—" or any other character raised."""
+    import select
+
+    from Xlib import X
+
+    class X11Icon(base):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._window.change_attributes(
+                event_mask=X.ExposureMask | X.StructureNotifyMask | X.ButtonPressMask
+            )
+            self._display.flush()
+
+        def _events(self) -> Iterator[Any]:
+            conn = self._display
+            redraws = 3
+            while True:
+                while conn.pending_events():
+                    yield conn.next_event()
+                if not select.select([conn], [], [], X11_WAKE_S)[0] and redraws and self._systray_manager:
+                    # a tray that maps the icon before it has its final size may leave it blank: the first
+                    # quiet seconds after docking paint it again
+                    redraws -= 1
+                    self._draw()
+
+        def _assert_docked(self) -> None:
+            if self._systray_manager is None:  # pystray asked again on every show and icon change
+                self._dock_window()
+            assert self._systray_manager
+
+        def _update_title(self) -> None:
+            self._window.set_wm_name(
+                self.title.replace("—", "-").encode("latin-1", "replace").decode("latin-1")
+            )
+
+    X11Icon.__module__ = base.__module__  # still "the X11 backend" to whoever asks
+    return X11Icon
+
+
 def run_tray(
     daemon: TrayDaemon,
     *,
@@ -372,6 +422,8 @@ def run_tray(
             import pystray  # raises Xlib's errors, not ImportError, when X is unreachable
 
             icon_class = pystray.Icon
+            if icon_class.__module__ == "pystray._xorg":
+                icon_class = _x11_icon_class(icon_class)
         images = {state: load_icon(state) for state in ("running", "attention")}
         menu = build_menu(daemon, quit=quit, opener=opener, tell=tell)
         icon = icon_class("sorat", images["running"], "sorat", menu=menu)
