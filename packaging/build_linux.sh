@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Build the one-folder Linux app (packaging/dist/sorat/) with PyInstaller, then smoke-test it.
+# Usage: packaging/build_linux.sh [--skip-build]   (env: PYTHON=python3.11, to pick the interpreter)
+# Everything it writes is under packaging/build/ (venv, PyInstaller work dir) and packaging/dist/.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(dirname "$HERE")"
+BUILD="$HERE/build"
+DIST="$HERE/dist"
+VENV="$BUILD/venv"
+PYTHON="${PYTHON:-python3}"
+BIN="$DIST/sorat/sorat"
+
+fail() { echo "build_linux.sh: FAIL: $*" >&2; exit 1; }
+
+if [[ "${1:-}" != "--skip-build" ]]; then
+    start=$(date +%s)
+    rm -rf "$VENV"
+    "$PYTHON" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    # The repo (for its dependencies; the spec bundles sorat_daemon from this checkout) and PyInstaller.
+    "$VENV/bin/python" -m pip install --quiet "$ROOT" pyinstaller
+    "$VENV/bin/pyinstaller" --noconfirm --clean --log-level WARN \
+        --workpath "$BUILD/work" --distpath "$DIST" "$HERE/sorat.spec"
+    echo "build_linux.sh: built $DIST/sorat in $(( $(date +%s) - start )) s, $(du -sh "$DIST/sorat" | cut -f1)"
+fi
+
+[[ -x "$BIN" ]] || fail "no binary at $BIN"
+
+# --- smoke test ---------------------------------------------------------------------------------------------
+SMOKE_HOME="$(mktemp -d /tmp/sorat-smoke.XXXXXX)"
+PID=""
+cleanup() {
+    if [[ -n "$PID" ]] && kill -0 "$PID" 2>/dev/null; then kill -KILL "$PID" 2>/dev/null || true; fi
+    rm -rf "$SMOKE_HOME"
+}
+trap cleanup EXIT
+
+version="$("$BIN" --version)" || fail "--version exited non-zero"
+[[ "$version" == sorat\ * ]] || fail "--version printed '$version'"
+echo "build_linux.sh: $version"
+
+PORT="$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+LOG="$SMOKE_HOME/serve.out"
+env -u DISPLAY -u WAYLAND_DISPLAY SORAT_HOME="$SMOKE_HOME" "$BIN" serve --port "$PORT" >"$LOG" 2>&1 &
+PID=$!
+
+deadline=$(( $(date +%s) + 30 ))
+until [[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/health")" == 200 ]]; do
+    kill -0 "$PID" 2>/dev/null || { cat "$LOG" >&2; fail "serve exited before /health answered"; }
+    (( $(date +%s) < deadline )) || { cat "$LOG" >&2; fail "/health did not answer 200 within 30 s"; }
+    sleep 0.2
+done
+echo "build_linux.sh: /health 200 on port $PORT"
+
+[[ -s "$SMOKE_HOME/token" ]] || fail "no token at \$SORAT_HOME/token"
+TOKEN="$(tr -d '[:space:]' <"$SMOKE_HOME/token")"
+code="$(curl -s -o "$SMOKE_HOME/models.json" -w '%{http_code}' \
+    -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT/v1/models")"
+[[ "$code" == 200 ]] || { cat "$SMOKE_HOME/models.json" >&2; fail "/v1/models answered $code"; }
+"$VENV/bin/python" - "$SMOKE_HOME/models.json" <<'PY' || fail "/v1/models did not return a model list"
+import json, sys
+doc = json.load(open(sys.argv[1]))
+assert doc["object"] == "list" and any(m["id"] == "sorat-agent" for m in doc["data"]), doc
+PY
+echo "build_linux.sh: /v1/models 200 with a model list"
+
+code="$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT/openapi.json")"
+[[ "$code" == 200 ]] || fail "/openapi.json answered $code (package data missing?)"
+
+kill -TERM "$PID"
+rc=0
+wait "$PID" || rc=$?
+PID=""
+[[ "$rc" == 0 ]] || { cat "$LOG" >&2; fail "serve exited $rc after SIGTERM"; }
+if grep -E "Traceback|ModuleNotFoundError|ImportError" "$LOG" "$SMOKE_HOME"/logs/* 2>/dev/null; then
+    fail "tracebacks or import errors in the logs"
+fi
+echo "build_linux.sh: SIGTERM -> exit 0"
+echo "build_linux.sh: OK"
