@@ -255,18 +255,33 @@ def _safe_is_enabled(login: StartAtLogin) -> bool:
         return False
 
 
+SHIPPED_SIZES = (16, 22, 24, 32, 48, 64, 128, 256, 512)  # sorat_daemon.icons.SIZES, without importing Pillow
+
+
 def load_icon(state: str, size: int = ICON_SIZE) -> Image.Image:
     """The shipped PNG for ``state``; drawn afresh only if the file is missing."""
     from PIL import Image
 
     try:
         with Image.open(ASSETS / f"sorat-{state}-{size}.png") as image:
-            return image.convert("RGBA")
+            loaded = image.convert("RGBA")
     except OSError:
         from sorat_daemon.icons import render
 
         log.warning("icon file for %s is missing; drawing it", state)
-        return render(state, size)
+        loaded = render(state, size)
+    loaded.info["sorat_state"] = state  # lets a backend that knows its slot size pick the PNG drawn for it
+    return loaded
+
+
+def _icon_for(image: Image.Image, side: int) -> Image.Image:
+    """The shipped PNG drawn for ``side`` pixels (small sizes have bolder strokes, no sparkle), else
+    ``image`` itself."""
+    state = image.info.get("sorat_state")
+    best = min((s for s in SHIPPED_SIZES if s >= side), default=None)
+    if state is None or best is None or best == image.width:
+        return image.convert("RGBA")
+    return load_icon(state, best)
 
 
 class _Refresher:
@@ -338,7 +353,7 @@ def _tray_host_missing(icon: Any) -> str | None:
 
 
 def _x11_icon_class(base: Any) -> Any:
-    """pystray's X11 backend with four fixes, kept here because they need its internals:
+    """pystray's X11 backend with five fixes, kept here because they need its internals:
 
     - its window selects no ButtonPress events, so a click never reached the default action (pystray
       issue #151);
@@ -347,6 +362,7 @@ def _x11_icon_class(base: Any) -> Any:
       Quit never ended the loop. Waiting in select() with a timeout bounds that to a second;
     - it sent the tray a dock request on every show and icon change; trayer answers two quick ones by
       embedding twice and can leave the icon unmapped on the root window: dock once per tray host;
+    - it stretched the icon to the slot the tray gives (often taller than wide), on black;
     - WM_NAME is Latin-1: a title with "—" or any other character raised."""
     import select
 
@@ -371,6 +387,38 @@ def _x11_icon_class(base: Any) -> Any:
                     # quiet seconds after docking paint it again
                     redraws -= 1
                     self._draw()
+
+        def _assert_icon_data(self, width: int, height: int) -> None:
+            cached = getattr(self, "_icon_data", None)
+            if cached and cached.size == (width, height):
+                return
+            from PIL import Image
+
+            # pystray stretched the square icon to the slot (trays hand out tall ones) on black; keep its
+            # shape, centred, over the tray's own background
+            canvas = self._tray_background(width, height)
+            side = min(width, height)
+            icon = _icon_for(self._icon, side).resize((side, side), Image.Resampling.LANCZOS)
+            canvas.paste(icon, ((width - side) // 2, (height - side) // 2), icon)
+            canvas.tostring = canvas.tobytes  # what python-xlib's put_pil_image calls on old Pillows
+            self._icon_data = canvas
+
+        def _tray_background(self, width: int, height: int) -> Any:
+            """What the tray shows behind the icon: the window, cleared to its parent's background
+            (ParentRelative), read back. Black when that is not possible (another depth)."""
+            from PIL import Image
+            from Xlib.error import XError
+
+            try:
+                if self._window.get_geometry().depth == 24:
+                    self._window.change_attributes(background_pixmap=X.ParentRelative)
+                    self._window.clear_area(0, 0, width, height)
+                    raw = self._window.get_image(0, 0, width, height, X.ZPixmap, 0xFFFFFFFF)
+                    if len(raw.data) == width * height * 4:
+                        return Image.frombytes("RGB", (width, height), raw.data, "raw", "BGRX")
+            except XError:
+                pass
+            return Image.new("RGB", (width, height))
 
         def _assert_docked(self) -> None:
             if self._systray_manager is None:  # pystray asked again on every show and icon change

@@ -592,3 +592,16 @@ def test_write_assets(tmp_path: Path) -> None:
     written = icons.write_assets(tmp_path)
     assert len(written) == len(icons.STATES) * len(icons.SIZES) + 2
     assert all(p.is_file() and p.stat().st_size > 0 for p in written)
+
+
+def test_tray_knows_the_shipped_sizes() -> None:
+    assert tray.SHIPPED_SIZES == icons.SIZES
+
+
+def test_a_slot_gets_the_png_drawn_for_its_size() -> None:
+    tray_icon = tray.load_icon("attention")
+    for side, drawn_for in ((24, 24), (20, 22), (40, 48), (64, 64)):
+        picked = tray._icon_for(tray_icon, side)
+        assert same_image(picked, tray.load_icon("attention", drawn_for))
+    assert tray._icon_for(tray_icon, 1000) is not tray_icon  # bigger than any PNG: the image itself, as RGBA
+    assert same_image(tray._icon_for(tray_icon, 1000), tray_icon)

@@ -368,7 +368,7 @@ def keep(image: Image.Image, name: str) -> None:
 def panel(shot: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
     """The strip of the screen around the tray, as the README shows it."""
     x, y, w, h = box
-    return shot.crop((max(0, x - 150), 0, min(SCREEN[0], x + w + 40), PANEL_HEIGHT + 20))
+    return shot.crop((max(0, x - 120), 0, min(SCREEN[0], x + w + 40), PANEL_HEIGHT))
 
 
 def test_icon_docks_changes_state_answers_clicks_and_quits(desktop: Desktop, tmp_path: Path) -> None:
