@@ -44,15 +44,18 @@ from Xlib.ext import xtest  # noqa: E402
 from Xlib.xobject.drawable import Window  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-SCREEN = (480, 120)
+SCREEN = (480, 320)  # room for a menu below the tray
 PANEL_HEIGHT = 40
 DEADLINE_S = 15.0
 T = TypeVar("T")
 
 FAKE_APP = textwrap.dedent(
     """
-    import faulthandler, logging, signal, sys, threading
+    import faulthandler, logging, os, signal, sys, threading
     from pathlib import Path
+
+    if os.environ.get("SORAT_TEST_SYS_PATH"):  # the system's PyGObject, for pystray's GTK backend
+        sys.path.append(os.environ["SORAT_TEST_SYS_PATH"])
 
     from sorat_daemon import tray
     from sorat_daemon.paths import Home
@@ -314,12 +317,12 @@ class Lines:
                 return line
 
 
-def run_fake(desktop: Desktop, tmp_path: Path) -> subprocess.Popen[str]:
+def run_fake(desktop: Desktop, tmp_path: Path, **env: str) -> subprocess.Popen[str]:
     script = tmp_path / "fake_tray.py"
     script.write_text(FAKE_APP)
     return subprocess.Popen(
         [sys.executable, str(script), str(tmp_path / "home")],
-        env=desktop.env(),
+        env=desktop.env() | env,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=log_to(tmp_path / "app.log"),
@@ -465,3 +468,91 @@ def test_real_sorat_in_the_tray(desktop: Desktop, tmp_path: Path) -> None:
     log = (tmp_path / "app.log").read_text()
     assert "stopped" in log, log
     assert "no tray" not in log, log
+
+
+SYSTEM_PYTHON = "/usr/lib/python3/dist-packages"
+
+
+def system_gi() -> str | None:
+    """Why the GTK backend cannot run here, or None: it needs PyGObject (Debian's python3-gi, usable from
+    this Python when the ABI matches), a session bus (dbus-x11) and, for pystray, a notification daemon."""
+    probe = "import sys; sys.path.append(sys.argv[1]); import gi; gi.require_version('Gtk', '3.0')"
+    probe += "; from gi.repository import Gtk"
+    if subprocess.run([sys.executable, "-c", probe, SYSTEM_PYTHON], capture_output=True).returncode:
+        return "PyGObject with GTK 3 is not importable (apt-get install python3-gi gir1.2-gtk-3.0)"
+    if shutil.which("dbus-launch") is None:
+        return "dbus-launch is not installed (apt-get install dbus-x11)"
+    if shutil.which("dunst") is None:
+        return "no notification daemon, which pystray's GTK backend needs (apt-get install dunst)"
+    return None
+
+
+@pytest.fixture
+def session_bus(desktop: Desktop) -> Iterator[dict[str, str]]:
+    out = subprocess.run(["dbus-launch", "--sh-syntax"], env=desktop.env(), capture_output=True, text=True)
+    env = {}
+    for line in out.stdout.splitlines():
+        key, _, value = line.partition("=")
+        if key.startswith("DBUS_"):
+            env[key] = value.strip().rstrip(";").strip("'")
+    yield env
+    if "DBUS_SESSION_BUS_PID" in env:
+        os.kill(int(env["DBUS_SESSION_BUS_PID"]), signal.SIGTERM)
+
+
+def test_gtk_menu_quits(desktop: Desktop, session_bus: dict[str, str], tmp_path: Path) -> None:
+    reason = system_gi()
+    if reason:
+        pytest.skip(reason)
+    app = run_fake(desktop, tmp_path, PYSTRAY_BACKEND="gtk", SORAT_TEST_SYS_PATH=SYSTEM_PYTHON, **session_bus)
+    desktop.procs.append(app)
+    out = Lines(app)
+
+    def app_windows() -> list[Window]:
+        found = []
+        for window in desktop.root.query_tree().children:
+            try:
+                if window.get_wm_class() == ("fake_tray.py", "Fake_tray.py"):
+                    found.append(window)
+            except Xlib.error.XError:
+                continue
+        return found
+
+    def status_icon() -> tuple[int, int, int, int] | None:
+        def walk(window: Window) -> Iterator[Window]:
+            for child in window.query_tree().children:
+                yield child
+                yield from walk(child)
+
+        for window in walk(desktop.root):
+            try:
+                if window.get_wm_class() == ("fake_tray.py", "Fake_tray.py"):
+                    if window.query_tree().parent.id != desktop.root.id:  # embedded in the tray
+                        g, o = window.get_geometry(), window.translate_coords(desktop.root, 0, 0)
+                        return (-o.x, -o.y, g.width, g.height)
+            except Xlib.error.XError:
+                continue
+        return None
+
+    x, y, w, h = wait_for("GTK's status icon to dock", status_icon, logs=tmp_path)
+    xtest.fake_input(desktop.conn, X.MotionNotify, x=x + w // 2, y=y + h // 2)
+    xtest.fake_input(desktop.conn, X.ButtonPress, 3)
+    xtest.fake_input(desktop.conn, X.ButtonRelease, 3)
+    desktop.conn.sync()
+
+    def menu() -> tuple[int, int, int, int] | None:
+        for window in app_windows():
+            try:
+                g = window.get_geometry()
+                if window.get_attributes().map_state == X.IsViewable and g.height > 100:
+                    return (g.x, g.y, g.width, g.height)
+            except Xlib.error.XError:
+                continue
+        return None
+
+    mx, my, mw, mh = wait_for("the menu to open", menu, logs=tmp_path)
+    keep(desktop.screenshot(), "tray-menu-full.png")
+    desktop.click(mx + 40, my + mh - 14)  # the last item: Quit
+    assert exit_code(app, tmp_path / "app.log") == 0, (tmp_path / "app.log").read_text()
+    out.expect("daemon stopped")
+    out.expect("run_tray returned True")
