@@ -353,7 +353,7 @@ def _tray_host_missing(icon: Any) -> str | None:
 
 
 def _x11_icon_class(base: Any) -> Any:
-    """pystray's X11 backend with five fixes, kept here because they need its internals:
+    """pystray's X11 backend with six fixes, kept here because they need its internals:
 
     - its window selects no ButtonPress events, so a click never reached the default action (pystray
       issue #151);
@@ -363,7 +363,8 @@ def _x11_icon_class(base: Any) -> Any:
     - it sent the tray a dock request on every show and icon change; trayer answers two quick ones by
       embedding twice and can leave the icon unmapped on the root window: dock once per tray host;
     - it stretched the icon to the slot the tray gives (often taller than wide), on black;
-    - WM_NAME is Latin-1: a title with "—" or any other character raised."""
+    - WM_NAME is Latin-1: a title with "—" or any other character raised;
+    - it set the loop thread after waking the setup thread, whose first call to the icon reads it."""
     import select
 
     from Xlib import X
@@ -375,6 +376,13 @@ def _x11_icon_class(base: Any) -> Any:
                 event_mask=X.ExposureMask | X.StructureNotifyMask | X.ButtonPressMask
             )
             self._display.flush()
+
+        def _run(self) -> None:
+            # pystray set _thread after _mark_ready(), which wakes the setup thread, whose first call
+            # to the icon reads _thread: set it first
+            self._thread = threading.current_thread()
+            self._mark_ready()
+            self._mainloop()
 
         def _events(self) -> Iterator[Any]:
             conn = self._display
@@ -485,12 +493,17 @@ def run_tray(
     refresher = _Refresher(icon, daemon, images)
     daemon.state.subscribe(refresher.poke)
 
-    def setup(icon: Any) -> None:
+    def show() -> None:
         if quitting.is_set():  # a signal came before the loop ran
             icon.stop()
             return
         icon.visible = True
         refresher.thread.start()
+
+    def setup(icon: Any) -> None:
+        # pystray's setup thread is not a daemon thread: if a backend call ever hung in it, the process
+        # could not exit. Do the work in one that is.
+        threading.Thread(target=show, name="sorat-tray-show", daemon=True).start()
 
     restore_signals = _on_signals(
         lambda: threading.Thread(target=quit, name="sorat-quit", daemon=True).start()
