@@ -197,7 +197,9 @@ def _form(message: Message, internal: Iterable[str] | set[str] = (), *, coarse: 
             )
         if calls:
             out["tool_calls"] = calls
-    return _dumps(out, sort=True)
+    # Forms are kept for every message of a cached session, and orjson's bytes (3.12+) hold a 4 KB buffer
+    # however short the text: a right-sized copy keeps a session's memory near the size of its messages.
+    return bytes(memoryview(_dumps(out, sort=True)))
 
 
 def _lookup_hash(messages: Sequence[Message]) -> str:
