@@ -275,6 +275,10 @@ def test_no_clipboard_is_told(monkeypatch: pytest.MonkeyPatch) -> None:
     if sys.platform != "linux":
         pytest.skip("a machine without a clipboard is a Linux thing")
 
+    # set_clipboard() rebinds these module globals: put them back afterwards
+    monkeypatch.setattr(pyperclip, "copy", pyperclip.copy)
+    monkeypatch.setattr(pyperclip, "paste", pyperclip.paste)
+
     def copy(text: str) -> None:
         pyperclip.set_clipboard("no")
         pyperclip.copy(text)
@@ -523,9 +527,10 @@ def test_backend_failing_at_start_serves_headless(
         "(RuntimeError: no StatusNotifierWatcher on the session bus); serving headless"
     ]
     # pystray's setup thread is not a daemon thread: it must not be left waiting, or the process never exits
-    for thread in set(threading.enumerate()) - threads:
-        thread.join(5)
-        assert not thread.is_alive() or thread.daemon, thread
+    deadline = time.monotonic() + 5
+    while left := [t for t in set(threading.enumerate()) - threads if not t.daemon]:
+        assert time.monotonic() < deadline, f"threads left that keep the process alive: {left}"
+        threading.Event().wait(0.01)
 
 
 def test_daemon_that_cannot_start_shows_no_tray(pystray: ModuleType, tmp_path: Path, xdg: Path) -> None:
