@@ -3,6 +3,8 @@ flight), under load (concurrent streams, thousands of turns, slow and abusive cl
 (headers, secrets). Test-side numbers are scaled to run in a few minutes on 2 cores; each says so.
 
 Figures (streams/s, fd and RSS growth, time to stop) are printed: run with ``-s`` to see them.
+SORAT_SOAK=1 runs the load tests at full length (60 s of 256 streams, 8000 turns); SORAT_KILL_SEED=N picks
+other kill -9 moments.
 """
 
 from __future__ import annotations
