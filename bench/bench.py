@@ -215,10 +215,12 @@ class Sorat:
 class LiteLLM:
     def __init__(self, binary: str, upstream_url: str) -> None:
         self.binary = binary
+        self.key = "sk-" + os.urandom(16).hex()
         self.dir = Path(tempfile.mkdtemp(prefix="litellm-bench-"))
         (self.dir / "config.yaml").write_text(
             "model_list:\n  - model_name: gpt-4o\n    litellm_params:\n      model: openai/gpt-4o\n"
             f"      api_base: {upstream_url}\n      api_key: sk-bench\n"
+            f"general_settings:\n  master_key: {self.key}\n"  # it refuses to start without one
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
@@ -467,9 +469,9 @@ def main() -> int:
             try:
                 lite.start()
                 lurl = lite.url + "/v1/chat/completions"
-                results["latency"]["litellm"] = latency(lurl, "sk-bench", n_lat // 2)
-                results["load_c32"]["litellm"] = load(lurl, "sk-bench", n_load // 4)
-                results["relay"]["litellm"] = relay(up, lurl, "sk-bench", chunks)
+                results["latency"]["litellm"] = latency(lurl, lite.key, n_lat // 2)
+                results["load_c32"]["litellm"] = load(lurl, lite.key, n_load // 4)
+                results["relay"]["litellm"] = relay(up, lurl, lite.key, chunks)
                 if lite.proc:
                     results["litellm_rss_mb"] = rss_mb(lite.proc.pid)
             finally:
