@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from sorat_daemon import config, tokens
+from sorat_daemon import config, tokens, wire
 from sorat_daemon.paths import Home
 from sorat_daemon.state import StateHub
 from sorat_daemon.types import Message, ModelCall
@@ -90,7 +90,7 @@ class Runtime:
     async def _generate_title(self, messages: list[Message]) -> str:
         provider, model = self.pool.resolve(None, self.active_model)
         result = await provider.complete(ModelCall(model=model, messages=messages))
-        return _text(result.message.get("content"))
+        return wire.text_of(result.message.get("content"))
 
     async def _watch_files(self) -> None:
         """Apply a new token or a new active model from disk: the CLI, the tray and hand edits alike."""
@@ -111,14 +111,6 @@ class Runtime:
             model = config.read_active_model(self.home.config)
             if model:
                 self.set_active_model(model)
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return ""
 
 
 class InstanceLock:

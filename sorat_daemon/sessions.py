@@ -72,6 +72,7 @@ import orjson
 
 from . import errors
 from .types import Message
+from .wire import text_of
 
 log = logging.getLogger("sorat.sessions")
 
@@ -132,14 +133,6 @@ def _no_nulls(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _no_nulls(v) for k, v in value.items() if v is not None}
     return value
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(str(p.get("text") or "") for p in content if isinstance(p, dict))
-    return ""
 
 
 def _arguments(raw: Any) -> Any:
@@ -258,7 +251,7 @@ def _joined(first: Message, second: Message) -> Message:
     """Two assistant projections of one turn, as the client saw them: one streamed message."""
     a, b = first.get("content"), second.get("content")
     if isinstance(a, list) or isinstance(b, list):
-        content: Any = _text(a) + _text(b)
+        content: Any = text_of(a) + text_of(b)
     else:
         content = (a or "") + (b or "") if (a or b) else None
     out: Message = {"role": "assistant", "content": content}
@@ -427,7 +420,7 @@ class _Session:
     def fallback_title(self) -> str | None:
         for record in self.active:
             if record.message.get("role") == "user":
-                text = " ".join(_text(record.message.get("content")).split())
+                text = " ".join(text_of(record.message.get("content")).split())
                 return text[:_TITLE_CHARS] or None
         return None
 

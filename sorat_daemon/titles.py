@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from .sessions import SessionStore
 from .types import Message
+from .wire import text_of
 
 log = logging.getLogger("sorat.titles")
 
@@ -68,7 +69,7 @@ def _clean_line(line: str) -> str:
 def _first_exchange(messages: Sequence[Message]) -> tuple[str, str]:
     user = answer = ""
     for message in messages:
-        text = _text(message.get("content"))
+        text = text_of(message.get("content"))
         if not user:
             if message.get("role") == "user" and text.strip():
                 user = text
@@ -76,14 +77,6 @@ def _first_exchange(messages: Sequence[Message]) -> tuple[str, str]:
             answer = text
             break
     return user, answer
-
-
-def _text(content: object) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(str(p.get("text") or "") for p in content if isinstance(p, dict))
-    return ""
 
 
 class TitleWorker:

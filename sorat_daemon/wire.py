@@ -48,6 +48,15 @@ def loads(data: bytes | str) -> Any:
     return orjson.loads(data)
 
 
+def text_of(content: Any) -> str:
+    """The text of a message's ``content``: a string, or the text parts of a list."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(p.get("text") or "") for p in content if isinstance(p, dict))
+    return ""
+
+
 def new_id() -> str:
     return "chatcmpl-" + secrets.token_hex(12)
 

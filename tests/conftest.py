@@ -7,11 +7,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
+import orjson
 import pytest
 
 if TYPE_CHECKING:
@@ -20,6 +21,27 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 ALLOWED_ORIGIN = "http://allowed.example"
 DEFAULT_EXTRA = f'[server]\nallowed_origins = ["{ALLOWED_ORIGIN}"]\nallowed_hosts = ["sorat.local"]\n'
+
+
+def eventually(check: Callable[[], bool], timeout: float = 5.0, step: float = 0.05) -> bool:
+    """Poll ``check`` until it holds or ``timeout`` passes; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(step)
+    return check()
+
+
+def sse(body: str) -> list[Any]:
+    """The data payloads of an SSE body, as JSON (``[DONE]`` kept as the string)."""
+    out: list[Any] = []
+    for frame in body.split("\n\n"):
+        for line in frame.splitlines():
+            if line.startswith("data: "):
+                data = line[6:]
+                out.append(data if data == "[DONE]" else orjson.loads(data))
+    return out
 
 
 def write_config(

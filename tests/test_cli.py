@@ -9,13 +9,12 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import ROOT, DaemonProc, clean_env, write_config
+from tests.conftest import ROOT, DaemonProc, clean_env, eventually, write_config
 from tests.upstream import Upstream, text
 
 USER = [{"role": "user", "content": "hi"}]
@@ -32,15 +31,6 @@ def sorat(
         timeout=timeout,
         cwd=ROOT,
     )
-
-
-def eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
 
 
 def test_version_and_help(home: Path) -> None:

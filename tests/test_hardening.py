@@ -27,7 +27,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from tests.conftest import DEFAULT_EXTRA, DaemonProc, clean_env, write_config
+from tests.conftest import DEFAULT_EXTRA, DaemonProc, clean_env, eventually, sse, write_config
 from tests.upstream import Reply, Upstream, error, html, raw, render, text, tool_calls
 
 USER = [{"role": "user", "content": "hi"}]
@@ -169,29 +169,10 @@ def rss_kb(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def eventually(check: Callable[[], bool], timeout: float = 10.0, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(step)
-    return check()
-
-
 def settle_fds(pid: int, at_most: int, timeout: float = 10.0) -> int:
     """The daemon's open fds once closed connections are gone (or after ``timeout``)."""
     eventually(lambda: fds(pid) <= at_most, timeout)
     return fds(pid)
-
-
-def sse(body: str) -> list[Any]:
-    out: list[Any] = []
-    for frame in body.split("\n\n"):
-        for line in frame.splitlines():
-            if line.startswith("data: "):
-                data = line[6:]
-                out.append(data if data == "[DONE]" else json.loads(data))
-    return out
 
 
 def said(events: list[Any]) -> str:
@@ -361,7 +342,7 @@ def test_full_disk_fails_clearly_keeps_serving_and_leaves_no_partial_files(
             return c.post("/v1/chat/completions", json=body, headers={"X-Session-ID": sid})
 
         assert chat("big", big).status_code == 200
-        assert eventually(lambda: c.get("/v1/sessions/big").json()["title"] == upstream.title_reply)
+        assert eventually(lambda: c.get("/v1/sessions/big").json()["title"] == upstream.title_reply, 10)
         sent = len(upstream.requests)
 
         limit(200_000)  # files past 200 kB cannot grow: big's messages can't, a new session's can

@@ -10,21 +10,10 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ALLOWED_ORIGIN, DaemonProc
+from tests.conftest import ALLOWED_ORIGIN, DaemonProc, sse
 from tests.upstream import Upstream, error, html, stream_error, text, tool_calls
 
 USER = [{"role": "user", "content": "hi"}]
-
-
-def sse(body: str) -> list[Any]:
-    """The data payloads of an SSE body, as JSON (``[DONE]`` kept as the string)."""
-    out: list[Any] = []
-    for frame in body.split("\n\n"):
-        for line in frame.splitlines():
-            if line.startswith("data: "):
-                data = line[6:]
-                out.append(data if data == "[DONE]" else json.loads(data))
-    return out
 
 
 def post(daemon: DaemonProc, body: Any, **headers: str) -> httpx.Response:

@@ -15,7 +15,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 import pytest
 
-from tests.conftest import DaemonProc, write_config
+from tests.conftest import DaemonProc, eventually, write_config
 from tests.upstream import Upstream, text, tool_calls
 
 Messages = list[dict[str, Any]]
@@ -72,15 +72,6 @@ def listing(d: DaemonProc, limit: int = 1000) -> list[dict[str, Any]]:
 def roles_and_contents(messages: Messages) -> list[tuple[str, Any]]:
     """What the model was sent, without a system prompt sorat may add."""
     return [(m["role"], m.get("content")) for m in messages if m["role"] != "system"]
-
-
-def eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
 
 
 def jsonl(d: DaemonProc, sid: str) -> Path:
