@@ -33,6 +33,19 @@ def eventually(check: Callable[[], bool], timeout: float = 5.0, step: float = 0.
     return check()
 
 
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs: a zombie not yet reaped counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
 def sse(body: str) -> list[Any]:
     """The data payloads of an SSE body, as JSON (``[DONE]`` kept as the string)."""
     out: list[Any] = []

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import DaemonProc, clean_env, write_config
+from tests.conftest import DaemonProc, clean_env, process_alive, write_config
 from tests.upstream import Reply, Upstream, text, tool_calls
 
 USER = [{"role": "user", "content": "do things"}]
@@ -105,14 +105,6 @@ def procs_with_arg(arg: str) -> list[int]:
         if arg.encode() in argv:
             found.append(int(entry))
     return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def warnings(d: DaemonProc, *needles: str) -> list[str]:
@@ -444,12 +436,12 @@ def test_mcp_server_added_and_removed_while_running(home: Path, upstream: Upstre
         assert key == cfg_key == "<unset>"
         assert "fail" in error_of(failed)  # the SDK hides the exception's text
         server_pid = int(pid)
-        assert alive(server_pid)
+        assert process_alive(server_pid)
 
         file.write_text(template, encoding="utf-8")
         poll(lambda: "fx__add" not in offered(d, upstream), 3, "the MCP server's tools are withdrawn")
         assert not [n for n in offered(d, upstream) if n.startswith("fx__")]
-        poll(lambda: not alive(server_pid), 15, f"MCP server {server_pid} stops")
+        poll(lambda: not process_alive(server_pid), 15, f"MCP server {server_pid} stops")
     finally:
         d.stop()
 

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -16,6 +15,7 @@ from sorat_daemon.tools.manager import ToolManager
 from sorat_daemon.tools.mcp import McpServer, tool_name
 from sorat_daemon.tools.registry import ToolContext, ToolError
 from sorat_daemon.tools.settings import McpServerSettings
+from tests.conftest import process_alive
 
 FIXTURE = Path(__file__).with_name("mcp_server_fixture.py")
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="process checks use POSIX signals")
@@ -31,18 +31,6 @@ async def wait_for(predicate: Callable[[], bool], deadline_s: float = 15.0) -> N
     while not predicate():
         assert time.monotonic() < end, "not true before the deadline"
         await asyncio.sleep(0.02)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 @pytest.fixture
@@ -115,7 +103,7 @@ async def test_a_crashed_server_comes_back(manager: ToolManager, ctx: ToolContex
     first_pid = int(await ts.call("fix__pid", "{}", ctx))
     out = json.loads(await ts.call("fix__crash", "{}", ctx))
     assert "error" in out
-    await wait_for(lambda: not alive(first_pid))
+    await wait_for(lambda: not process_alive(first_pid))
     await wait_for(lambda: "fix__pid" in manager.current() and manager._servers["fix"].starts >= 2)
     second_pid = int(await manager.current().call("fix__pid", "{}", ctx))
     assert second_pid != first_pid
@@ -163,7 +151,7 @@ async def test_removing_the_server_withdraws_tools_and_stops_it(
     pid = int(await manager.current().call("fix__pid", "{}", ctx))
     home.tools.write_text("[memory]\nenabled = true\n")
     await wait_for(lambda: "fix__pid" not in manager.current(), deadline_s=2)
-    await wait_for(lambda: not alive(pid), deadline_s=10)
+    await wait_for(lambda: not process_alive(pid), deadline_s=10)
     assert "remember" in manager.current()
 
 
@@ -171,7 +159,7 @@ async def test_changing_the_server_restarts_it(manager: ToolManager, ctx: ToolCo
     await wait_for(lambda: "fix__pid" in manager.current())
     pid = int(await manager.current().call("fix__pid", "{}", ctx))
     home.tools.write_text(server_toml(env='{ FIXTURE_FLAG = "changed" }'))
-    await wait_for(lambda: not alive(pid))
+    await wait_for(lambda: not process_alive(pid))
     await wait_for(lambda: "fix__echo_env" in manager.current())
     assert await manager.current().call("fix__echo_env", '{"name": "FIXTURE_FLAG"}', ctx) == "changed"
 
@@ -185,7 +173,7 @@ async def test_shutdown_stops_every_server(home: Home, ctx: ToolContext) -> None
         pids = [int(await m.current().call(f"{n}__pid", "{}", ctx)) for n in ("one", "two")]
     finally:
         await m.aclose()
-    assert not any(alive(p) for p in pids)
+    assert not any(process_alive(p) for p in pids)
     assert not [n for n in m.current().names() if "__" in n]
 
 

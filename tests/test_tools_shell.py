@@ -13,6 +13,7 @@ from sorat_daemon.paths import Home
 from sorat_daemon.tools.registry import ToolContext, Toolset
 from sorat_daemon.tools.settings import RunCommandSettings
 from sorat_daemon.tools.shell import command_env, make_tools
+from tests.conftest import process_alive
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups and programs")
 
@@ -164,23 +165,10 @@ async def test_output_is_capped(ctx: ToolContext, home: Home) -> None:
     assert len(str(out["stdout"])) < 1100
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie not yet reaped by its (dead) parent's reaper counts as gone
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
 async def _wait_gone(pids: list[int], deadline_s: float = 5.0) -> None:
     end = time.monotonic() + deadline_s
-    while any(_alive(p) for p in pids):
-        assert time.monotonic() < end, f"still alive: {[p for p in pids if _alive(p)]}"
+    while any(process_alive(p) for p in pids):
+        assert time.monotonic() < end, f"still alive: {[p for p in pids if process_alive(p)]}"
         await asyncio.sleep(0.02)
 
 
