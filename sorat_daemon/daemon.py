@@ -51,7 +51,6 @@ class Runtime:
         self.tools = ToolManager(home, state, secret_env_names=secret_names)
         self.titles = TitleWorker(self.store, self._generate_title)
         self._watch: asyncio.Task[None] | None = None
-        self._ctx_cache: dict[str | None, Any] = {}
 
     async def start(self) -> None:
         await self.store.open()

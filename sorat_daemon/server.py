@@ -19,6 +19,7 @@ from quart import Quart, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from sorat_daemon import __version__, agent, wire
+from sorat_daemon.config import TOOL_EVENTS
 from sorat_daemon.errors import (
     AuthError,
     NotFound,
@@ -38,7 +39,6 @@ MAX_BODY = 16 * 1024 * 1024
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-Session-ID, X-Sorat-Tool-Events"
 CREATED = 1700000000
-TOOL_EVENTS = ("tool_calls", "reasoning", "none")
 _HTTP_TYPES = {404: NotFound, 403: PermissionDenied, 401: AuthError, 413: PayloadTooLarge}
 
 
@@ -234,7 +234,7 @@ def create_app(rt: Runtime) -> Quart:
         events_mode = (
             request.headers.get("X-Sorat-Tool-Events", rt.agent_settings.tool_events).strip().lower()
         )
-        if events_mode not in TOOL_EVENTS:
+        if events_mode not in TOOL_EVENTS:  # the same choices as [agent] tool_events
             raise RequestError(
                 "X-Sorat-Tool-Events must be tool_calls, reasoning or none", param="X-Sorat-Tool-Events"
             )
