@@ -389,10 +389,11 @@ def _x11_icon_class(base: Any) -> Any:
             redraws = 3
             while True:
                 while conn.pending_events():
+                    redraws = 3
                     yield conn.next_event()
                 if not select.select([conn], [], [], X11_WAKE_S)[0] and redraws and self._systray_manager:
-                    # a tray that maps the icon before it has its final size may leave it blank: the first
-                    # quiet seconds after docking paint it again
+                    # a tray that maps or resizes the icon before its final size may leave it blank: the
+                    # first quiet seconds after docking, and after every later event, paint it again
                     redraws -= 1
                     self._draw()
 
