@@ -833,8 +833,11 @@ def raw_request(d: DaemonProc, data: bytes) -> tuple[int, bytes]:
     """Exact bytes to the daemon, for what no HTTP client would send: the status and the body."""
     host, port = d.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as s:
-        s.sendall(data)
-        s.shutdown(socket.SHUT_WR)
+        # a server that refuses a request before it has read all of it answers and closes at once:
+        # sending the rest or shutting down then fails, and the answer is still there to read
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError, OSError):
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
         got = b""
         with contextlib.suppress(ConnectionResetError):
             while chunk := s.recv(65536):
