@@ -1,8 +1,9 @@
-"""The OpenAI-compatible provider client on httpx, and the pool that picks a provider per request.
+"""The OpenAI-compatible provider client on aiohttp, and the pool that picks a provider per request.
 
 ``Provider`` is a ``types.ModelClient``: ``complete`` and ``stream`` POST ``{base_url}/chat/completions``;
-``list_models`` reads the configured list or ``GET {base_url}/models``. One pooled ``httpx.AsyncClient``
-(on aiohttp's transport when installed, it is much faster) serves every provider.
+``list_models`` reads the configured list or ``GET {base_url}/models``. One pooled ``aiohttp.ClientSession``
+(``Http``, made on first use) serves every provider; HTTP(S)_PROXY / NO_PROXY and SSL_CERT_FILE /
+SSL_CERT_DIR (else certifi's bundle) apply as they did with httpx.
 
 Failures, as the client sees them (the provider's own message is carried, its key never):
 
@@ -25,43 +26,66 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import functools
 import logging
+import os
 import random
+import ssl
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any
 
-import httpx
+import aiohttp
+import certifi
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
-from sorat_daemon import errors, wire
+from sorat_daemon import __version__, errors, wire
 from sorat_daemon.config import ProviderSettings, Settings
 from sorat_daemon.types import JSON, Delta, ModelCall, ModelResult, ToolCallDelta
 
 log = logging.getLogger("sorat.providers")
 
 AGENT_MODELS = ("sorat-agent", "default")
-_NET_ERRORS: tuple[type[BaseException], ...] = (httpx.TransportError, OSError)
-try:
-    import aiohttp
-
-    _NET_ERRORS += (aiohttp.ClientError,)
-except ImportError:  # pragma: no cover
-    pass
+_NET_ERRORS: tuple[type[BaseException], ...] = (OSError, aiohttp.ClientError)
 
 
-def make_client(transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
-    """The one pooled client; aiohttp's transport when available (environment proxies still apply)."""
-    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=30)
-    if transport is None:
-        try:
-            from httpx_aiohttp import HttpxAiohttpClient
-        except ImportError:  # pragma: no cover
-            return httpx.AsyncClient(limits=limits, follow_redirects=False)
-        return HttpxAiohttpClient(limits=limits, follow_redirects=False)
-    return httpx.AsyncClient(transport=transport, follow_redirects=False)
+class Http:
+    """The one pooled aiohttp session of every provider, made inside the running loop on first use."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=1000, keepalive_timeout=30),
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=True,
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
 
-def _retry_after(headers: httpx.Headers) -> float | None:
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """Verification as httpx did it: SSL_CERT_FILE or SSL_CERT_DIR when set, else certifi's bundle. Made on
+    the first https request (it costs ~25 ms), then shared."""
+    if os.environ.get("SSL_CERT_FILE"):
+        context = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+    elif os.environ.get("SSL_CERT_DIR"):
+        context = ssl.create_default_context(capath=os.environ["SSL_CERT_DIR"])
+    else:
+        context = ssl.create_default_context(cafile=certifi.where())
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
     ms = headers.get("retry-after-ms")
     if ms:
         with contextlib.suppress(ValueError):
@@ -120,7 +144,7 @@ class Provider:
     def __init__(
         self,
         settings: ProviderSettings,
-        client: httpx.AsyncClient,
+        http: Http,
         *,
         read_timeout: float = 120.0,
         connect_timeout: float = 10.0,
@@ -135,15 +159,19 @@ class Provider:
         self.name = settings.name
         self.base_url = settings.base_url.rstrip("/")
         self.probe = settings.probe
-        self._client = client
+        self._http = http
         self._url = self.base_url + "/chat/completions"
-        self._headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+        self._headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream",
+            "User-Agent": f"sorat/{__version__}",
+        }
         if settings.api_key:
             self._headers["Authorization"] = f"Bearer {settings.api_key}"
         self._read_timeout = read_timeout
-        self._timeout = httpx.Timeout(
-            connect=connect_timeout, read=read_timeout, write=read_timeout, pool=None
-        )
+        # connect bounds DNS, TCP and TLS together, as httpx's did (sock_connect would leave DNS out);
+        # sock_read is the silence between two reads, so an SSE comment resets it too
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout)
         self._attempts = 1 if settings.probe else max(1, attempts)
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
@@ -163,7 +191,7 @@ class Provider:
         try:
             return await self._whole(response)
         finally:
-            await response.aclose()
+            response.release()
 
     async def stream(self, call: ModelCall) -> AsyncGenerator[Delta, None]:
         response = await self._post(call, stream=True)
@@ -171,29 +199,34 @@ class Provider:
             async for delta in self._relay(response):
                 yield delta
         finally:
-            # before the whole body came, closing drops the connection: that cancels the upstream request
-            with contextlib.suppress(*_NET_ERRORS):
-                await response.aclose()
+            # before the whole body came, releasing drops the connection: that cancels the upstream request;
+            # after it, the connection goes back to the pool
+            response.release()
 
     async def list_models(self) -> list[str]:
         if self.settings.models:
             return list(self.settings.models)
         headers = {k: v for k, v in self._headers.items() if k != "Content-Type"}
         try:
-            response = await self._client.get(
-                self.base_url + "/models", headers=headers, timeout=self._timeout
-            )
-        except httpx.ReadTimeout:
+            async with self._http.session().get(
+                self.base_url + "/models",
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+                **self._route,
+            ) as response:
+                raw = await response.read()
+        except aiohttp.SocketTimeoutError:
             raise self._timeout_error() from None
         except _NET_ERRORS as e:
             raise self._connect_error(e) from None
-        if not response.is_success:
-            raise self._status_error(response.status_code, response.content)
+        if not 200 <= response.status < 300:
+            raise self._status_error(response.status, raw)
         try:
-            data = wire.loads(response.content).get("data")
+            data = wire.loads(raw).get("data")
             return [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
         except (ValueError, AttributeError, TypeError):
-            raise self._not_json(response, response.content) from None
+            raise self._not_json(response, raw) from None
 
     # --- one request, with retries ---
 
@@ -218,31 +251,47 @@ class Provider:
             body.pop("stream_options", None)
         return body
 
-    async def _post(self, call: ModelCall, stream: bool) -> httpx.Response:
+    @functools.cached_property
+    def _route(self) -> dict[str, Any]:
+        """The TLS context (https only) and the environment's proxy (HTTP(S)_PROXY, NO_PROXY) of each
+        request, looked up on the first. The session does not ``trust_env``: aiohttp would then look both
+        up in threads on every request, and a ~/.netrc entry for the host would clash with the API key."""
+        url = URL(self.base_url)
+        route: dict[str, Any] = {"ssl": _tls()} if url.scheme == "https" else {}
+        with contextlib.suppress(LookupError):
+            route["proxy"], route["proxy_auth"] = get_env_proxy_for_url(url)
+        return route
+
+    async def _post(self, call: ModelCall, stream: bool) -> aiohttp.ClientResponse:
         """POST until a 2xx response (open, its body unread) or a mapped error."""
         body = self._body(call, stream)
+        session = self._http.session()
         attempt = 0
         while True:
-            request = self._client.build_request(
-                "POST", self._url, content=wire.dumps(body), headers=self._headers, timeout=self._timeout
-            )
             wait: float | None = None
             try:
-                response = await self._client.send(request, stream=True)
-            except httpx.ReadTimeout:
+                response = await session.post(
+                    self._url,
+                    data=wire.dumps(body),
+                    headers=self._headers,
+                    timeout=self._timeout,
+                    allow_redirects=False,
+                    **self._route,
+                )
+            except aiohttp.SocketTimeoutError:  # read silence; a ConnectionTimeoutError cannot connect
                 raise self._timeout_error() from None
             except _NET_ERRORS as e:
                 failure: errors.SoratError = self._connect_error(e)
             else:
-                if response.is_success:
+                if 200 <= response.status < 300:
                     return response
                 try:
-                    raw = await response.aread()
+                    raw = await response.read()
                 except _NET_ERRORS:
                     raw = b""
                 finally:
-                    await response.aclose()
-                status = response.status_code
+                    response.release()
+                status = response.status
                 if stream and self._stream_options and status in (400, 422) and b"stream_options" in raw:
                     log.info("%s: refuses stream_options; streaming without usage", self.name)
                     self._stream_options = False
@@ -265,7 +314,7 @@ class Provider:
 
     # --- reading a stream ---
 
-    async def _relay(self, response: httpx.Response) -> AsyncIterator[Delta]:
+    async def _relay(self, response: aiohttp.ClientResponse) -> AsyncIterator[Delta]:
         self._check_not_html(response)
         kind = response.headers.get("content-type", "")
         if "application/json" in kind:  # the provider ignored stream=true and answered whole
@@ -282,7 +331,7 @@ class Provider:
             return
         decoder = wire.SSEDecoder()
         norm = wire.DeltaNormalizer(self._label)
-        chunks = response.aiter_bytes()
+        chunks = response.content.iter_any()  # whatever one read brought
         try:
             while not norm.done:
                 try:
@@ -305,10 +354,7 @@ class Provider:
                     yield d
                 if failure:
                     raise failure from None
-        except TimeoutError:
-            if norm.finish is None:  # the grace timeout runs only after the finish_reason
-                raise self._timeout_error() from None
-        except httpx.ReadTimeout:
+        except TimeoutError:  # the read silence (aiohttp.SocketTimeoutError), or the grace after the finish
             if norm.finish is None:
                 raise self._timeout_error() from None
         except _NET_ERRORS as e:
@@ -326,10 +372,10 @@ class Provider:
             )
         yield norm.final()
 
-    async def _whole(self, response: httpx.Response) -> ModelResult:
+    async def _whole(self, response: aiohttp.ClientResponse) -> ModelResult:
         try:
-            raw = await response.aread()
-        except httpx.ReadTimeout:
+            raw = await response.read()
+        except aiohttp.SocketTimeoutError:
             raise self._timeout_error() from None
         except _NET_ERRORS as e:
             raise self._scrub(errors.ProviderError(f"{self._label} broke the connection: {e!r}")) from None
@@ -390,13 +436,13 @@ class Provider:
             )
         return self._scrub(e)
 
-    def _check_not_html(self, response: httpx.Response) -> None:
+    def _check_not_html(self, response: aiohttp.ClientResponse) -> None:
         if "text/html" in response.headers.get("content-type", ""):
             raise errors.ProviderError(
                 f"{self._label} answered with an HTML page, not the API: is {self.base_url} its base_url?"
             )
 
-    def _not_json(self, response: httpx.Response, raw: bytes) -> errors.ProviderError:
+    def _not_json(self, response: aiohttp.ClientResponse, raw: bytes) -> errors.ProviderError:
         snippet = " ".join(raw[:200].decode("utf-8", "replace").split())
         kind = response.headers.get("content-type", "no content type")
         return self._scrub(
@@ -450,7 +496,6 @@ class ProviderPool:
         settings: Settings,
         *,
         on_status: Callable[[str | None], None] | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
         attempts: int = 3,
         backoff_base: float = 0.5,
         backoff_cap: float = 8.0,
@@ -460,7 +505,7 @@ class ProviderPool:
     ) -> None:
         self.settings = settings
         self._on_status = on_status
-        self._client = make_client(transport)
+        self._http = Http()
         where = str(settings.file) if settings.file else "config.toml"
         self._no_provider_message = (
             f"No LLM provider is configured. Add a [[providers]] block (name, base_url, api_key) to {where}, "
@@ -470,7 +515,7 @@ class ProviderPool:
         self.providers = [
             ReportingProvider(
                 p,
-                self._client,
+                self._http,
                 report=self._reported,
                 read_timeout=settings.agent.provider_read_timeout_s,
                 connect_timeout=min(connect_timeout, 2.0) if p.probe else connect_timeout,
@@ -497,7 +542,7 @@ class ProviderPool:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self._client.aclose()
+        await self._http.aclose()
 
     async def ready(self) -> None:
         """Wait for the discovery in progress, if any (tests, `sorat model`)."""

@@ -5,20 +5,21 @@ import contextlib
 import email.utils
 import logging
 import socket
+import ssl
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
-from httpx_aiohttp import AiohttpTransport
+from multidict import CIMultiDict
 
 from sorat_daemon import errors, wire
 from sorat_daemon.config import AgentSettings, ProviderSettings, Settings
-from sorat_daemon.providers import Provider, ProviderPool, _retry_after, make_client
+from sorat_daemon.providers import Http, Provider, ProviderPool, _retry_after, _tls
 from sorat_daemon.types import Delta, ModelCall
 from tests.upstream import Reply, Upstream, error, html, raw, stream_error, text, tool_calls
 
@@ -26,7 +27,6 @@ KEY = "sk-test-provider-key-0123456789"
 USER = {"role": "user", "content": "hi"}
 CALL = ModelCall("gpt-4o", [USER], params={"temperature": 0.1})
 USAGE = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
-TRANSPORTS = ["aiohttp", "httpx"]
 
 
 @pytest.fixture(scope="module")
@@ -54,25 +54,14 @@ def up2(_server2: Upstream) -> Upstream:
     return _server2
 
 
-_TLS = httpx.create_ssl_context()  # made once: building one per client costs ~25 ms
-
-
-@pytest.fixture(params=TRANSPORTS)
-async def client(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
-    """Both transports: the default (httpx-aiohttp) and httpx's own."""
-    c = make_client(httpx.AsyncHTTPTransport(verify=_TLS) if request.param == "httpx" else None)
-    yield c
-    await c.aclose()
-
-
 @pytest.fixture
-async def aioclient() -> AsyncIterator[httpx.AsyncClient]:
-    c = make_client(AiohttpTransport(verify=_TLS))
-    yield c
-    await c.aclose()
+async def client() -> AsyncIterator[Http]:
+    http = Http()
+    yield http
+    await http.aclose()
 
 
-def provider(url: str, client: httpx.AsyncClient, key: str | None = KEY, **kw: Any) -> Provider:
+def provider(url: str, client: Http, key: str | None = KEY, **kw: Any) -> Provider:
     kw.setdefault("backoff_base", 0.01)
     kw.setdefault("backoff_cap", 0.02)
     return Provider(ProviderSettings("scripted", url, api_key=key), client, **kw)
@@ -144,6 +133,34 @@ def slammer() -> Iterator[tuple[str, list[int]]]:
 
 
 @contextlib.contextmanager
+def unanswered() -> Iterator[str]:
+    """A listening socket with a full backlog: Linux drops further SYNs, so connecting hangs."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(0)
+    port = sock.getsockname()[1]
+    fillers = [socket.socket() for _ in range(2)]
+    for f in fillers:
+        f.setblocking(False)
+        f.connect_ex(("127.0.0.1", port))
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        for f in fillers:
+            f.close()
+        sock.close()
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No proxy settings from the outside."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    return monkeypatch
+
+
+@contextlib.contextmanager
 def silent_server() -> Iterator[str]:
     """Accepts TCP connections (the kernel's backlog) but never answers."""
     sock = socket.socket()
@@ -158,7 +175,7 @@ def silent_server() -> Iterator[str]:
 # --- streams: the text path and every quirk --------------------------------------------------------
 
 
-async def test_stream_relays_text_and_sends_the_request(up: Upstream, client: httpx.AsyncClient) -> None:
+async def test_stream_relays_text_and_sends_the_request(up: Upstream, client: Http) -> None:
     up.api_key = KEY
     up.script(text("Hello world", chunks=3))
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
@@ -182,16 +199,14 @@ async def test_stream_relays_text_and_sends_the_request(up: Upstream, client: ht
     assert up.headers[0]["authorization"] == f"Bearer {KEY}"
 
 
-async def test_tool_choice_and_parallel_calls_dropped_without_tools(
-    up: Upstream, aioclient: httpx.AsyncClient
-) -> None:
+async def test_tool_choice_and_parallel_calls_dropped_without_tools(up: Upstream, client: Http) -> None:
     call = ModelCall("m", [USER], None, "none", {"parallel_tool_calls": True, "n": 3})
-    await provider(up.base_url, aioclient, key=None).complete(call)
+    await provider(up.base_url, client, key=None).complete(call)
     assert up.requests == [{"model": "m", "messages": [USER]}]
     assert "authorization" not in up.headers[0]
 
 
-async def test_stream_relays_before_the_answer_is_whole(up: Upstream, client: httpx.AsyncClient) -> None:
+async def test_stream_relays_before_the_answer_is_whole(up: Upstream, client: Http) -> None:
     up.script(text("Hello world", chunks=4, stall_after=3))  # role + 2 pieces, then silence
     stream = provider(up.base_url, client).stream(CALL)
     said = ""
@@ -232,24 +247,22 @@ TEXT_QUIRKS: list[tuple[set[str], str | None, str, dict[str, int] | None]] = [
 @pytest.mark.parametrize(("quirks", "finish", "expected", "usage"), TEXT_QUIRKS, ids=lambda v: repr(v))
 async def test_text_quirks(
     up: Upstream,
-    aioclient: httpx.AsyncClient,
+    client: Http,
     quirks: set[str],
     finish: str | None,
     expected: str,
     usage: dict[str, int] | None,
 ) -> None:
     up.script(text("Hello world", chunks=4, quirks=quirks, finish_reason=finish))
-    content, reasoning, calls, got_finish, got_usage = summary(
-        await collect(provider(up.base_url, aioclient))
-    )
+    content, reasoning, calls, got_finish, got_usage = summary(await collect(provider(up.base_url, client)))
     assert (content, reasoning, calls, got_finish, got_usage) == ("Hello world", "", [], expected, usage)
 
 
 @pytest.mark.parametrize(
     "how", ["reasoning_content", "reasoning", "reasoning_details", "openrouter", "thought"]
 )
-async def test_reasoning_fields(up: Upstream, aioclient: httpx.AsyncClient, how: str) -> None:
-    p = provider(up.base_url, aioclient)
+async def test_reasoning_fields(up: Upstream, client: Http, how: str) -> None:
+    p = provider(up.base_url, client)
     up.script(text("Answer.", chunks=2, reasoning="Let me think.", reasoning_as=how))
     content, reasoning, _, finish, _ = summary(await collect(p))
     assert (content, reasoning, finish) == ("Answer.", "Let me think.", "stop")
@@ -283,9 +296,7 @@ TOOL_QUIRKS: list[tuple[set[str], str | None]] = [
 
 
 @pytest.mark.parametrize(("quirks", "finish"), TOOL_QUIRKS, ids=lambda v: repr(v))
-async def test_tool_call_quirks(
-    up: Upstream, aioclient: httpx.AsyncClient, quirks: set[str], finish: str | None
-) -> None:
+async def test_tool_call_quirks(up: Upstream, client: Http, quirks: set[str], finish: str | None) -> None:
     reply = tool_calls(
         [("run_command", {"command": "ls", "args": ["-l"]}), ("read_file", {"path": "a b.txt"})],
         content="Let me look.",
@@ -294,7 +305,7 @@ async def test_tool_call_quirks(
         finish_reason=finish,
     )
     up.script(reply)
-    content, _, calls, got_finish, usage = summary(await collect(provider(up.base_url, aioclient)))
+    content, _, calls, got_finish, usage = summary(await collect(provider(up.base_url, client)))
     assert content == "Let me look."
     assert got_finish == "tool_calls" and usage == USAGE
     expected = [
@@ -307,8 +318,8 @@ async def test_tool_call_quirks(
     assert calls == expected
 
 
-async def test_complete_text_and_tool_calls(up: Upstream, aioclient: httpx.AsyncClient) -> None:
-    p = provider(up.base_url, aioclient)
+async def test_complete_text_and_tool_calls(up: Upstream, client: Http) -> None:
+    p = provider(up.base_url, client)
     reply = tool_calls([("run_command", {"command": "ls"})], finish_reason="stop")
     up.script(text("Hello world", chunks=3, usage={"prompt_tokens": 3, "completion_tokens": 2}), reply)
     result = await p.complete(CALL)
@@ -326,18 +337,18 @@ async def test_complete_text_and_tool_calls(up: Upstream, aioclient: httpx.Async
     assert result.finish_reason == "tool_calls"
 
 
-async def test_provider_ignoring_stream_true(up: Upstream, aioclient: httpx.AsyncClient) -> None:
+async def test_provider_ignoring_stream_true(up: Upstream, client: Http) -> None:
     whole = {
         "choices": [{"message": {"content": "whole", "reasoning": "r"}, "finish_reason": "stop"}],
         "usage": USAGE,
     }
     up.script(raw(orjson.dumps(whole), content_type="application/json"))
-    assert summary(await collect(provider(up.base_url, aioclient))) == ("whole", "r", [], "stop", USAGE)
+    assert summary(await collect(provider(up.base_url, client))) == ("whole", "r", [], "stop", USAGE)
 
 
-async def test_empty_answer_with_finish_is_fine(up: Upstream, aioclient: httpx.AsyncClient) -> None:
+async def test_empty_answer_with_finish_is_fine(up: Upstream, client: Http) -> None:
     up.script(text(""))
-    assert summary(await collect(provider(up.base_url, aioclient))) == ("", "", [], "stop", USAGE)
+    assert summary(await collect(provider(up.base_url, client))) == ("", "", [], "stop", USAGE)
 
 
 # --- errors -----------------------------------------------------------------------------------------
@@ -390,7 +401,7 @@ ERRORS: list[tuple[Reply, type[errors.SoratError], int, str]] = [
 @pytest.mark.parametrize("mode", ["complete", "stream"])
 async def test_error_mapping(
     up: Upstream,
-    aioclient: httpx.AsyncClient,
+    client: Http,
     reply: Reply,
     kind: type[errors.SoratError],
     status: int,
@@ -398,7 +409,7 @@ async def test_error_mapping(
     mode: str,
 ) -> None:
     up.script(reply)
-    p = provider(up.base_url, aioclient)
+    p = provider(up.base_url, client)
     with pytest.raises(errors.SoratError) as info:
         if mode == "complete":
             await p.complete(CALL)
@@ -413,7 +424,7 @@ async def test_error_mapping(
         assert "'scripted'" in info.value.message
 
 
-async def test_rejection_keeps_provider_param_and_code(up: Upstream, aioclient: httpx.AsyncClient) -> None:
+async def test_rejection_keeps_provider_param_and_code(up: Upstream, client: Http) -> None:
     body = {
         "error": {
             "message": "bad role",
@@ -424,41 +435,41 @@ async def test_rejection_keeps_provider_param_and_code(up: Upstream, aioclient: 
     }
     up.script(raw(orjson.dumps(body), status=400, content_type="application/json"))
     with pytest.raises(errors.ProviderRejected) as info:
-        await provider(up.base_url, aioclient).complete(CALL)
+        await provider(up.base_url, client).complete(CALL)
     assert (info.value.message, info.value.param, info.value.code) == ("bad role", "messages[0]", "x1")
 
 
-async def test_complete_non_json_200(up: Upstream, aioclient: httpx.AsyncClient) -> None:
+async def test_complete_non_json_200(up: Upstream, client: Http) -> None:
     up.script(raw(b"Gateway says hello", content_type="text/plain"))
     with pytest.raises(errors.ProviderError, match="not JSON") as info:
-        await provider(up.base_url, aioclient).complete(CALL)
+        await provider(up.base_url, client).complete(CALL)
     assert info.value.status == 502
 
 
 @pytest.mark.parametrize("style", ["openai", "openrouter", "event", "field"])
 @pytest.mark.parametrize("done", [False, True])
 async def test_error_inside_200_stream_after_partial_output(
-    up: Upstream, aioclient: httpx.AsyncClient, style: str, done: bool
+    up: Upstream, client: Http, style: str, done: bool
 ) -> None:
     up.script(
         stream_error(
             "Provider disconnected", after=2, style=style, done=done, content="Hello world", chunks=4
         )
     )
-    deltas, exc = await collect_until_error(provider(up.base_url, aioclient))
+    deltas, exc = await collect_until_error(provider(up.base_url, client))
     assert "".join(d.content or "" for d in deltas) == "Hello"
     assert type(exc) is errors.ProviderError and exc.status == 502
     assert "Provider disconnected" in exc.message and "'scripted'" in exc.message
     assert len(up.requests) == 1
 
 
-async def test_context_window_inside_200_stream(up: Upstream, aioclient: httpx.AsyncClient) -> None:
+async def test_context_window_inside_200_stream(up: Upstream, client: Http) -> None:
     up.script(
         stream_error(
             "the request exceeds the available context size", after=0, type="exceed_context_size_error"
         )
     )
-    deltas, exc = await collect_until_error(provider(up.base_url, aioclient))
+    deltas, exc = await collect_until_error(provider(up.base_url, client))
     assert deltas == [] and type(exc) is errors.ContextWindowExceeded
 
 
@@ -472,16 +483,14 @@ async def test_context_window_inside_200_stream(up: Upstream, aioclient: httpx.A
         raw(b"nothing", content_type="text/plain"),
     ],
 )
-async def test_stream_without_any_answer_is_an_error(
-    up: Upstream, aioclient: httpx.AsyncClient, reply: Reply
-) -> None:
+async def test_stream_without_any_answer_is_an_error(up: Upstream, client: Http, reply: Reply) -> None:
     up.script(reply)
-    deltas, exc = await collect_until_error(provider(up.base_url, aioclient))
+    deltas, exc = await collect_until_error(provider(up.base_url, client))
     assert deltas == [] and type(exc) is errors.ProviderError
     assert "without any answer" in exc.message
 
 
-async def test_stream_dying_halfway(up: Upstream, client: httpx.AsyncClient) -> None:
+async def test_stream_dying_halfway(up: Upstream, client: Http) -> None:
     up.script(text("Hello world", chunks=4, drop_after=3))
     deltas, exc = await collect_until_error(provider(up.base_url, client))
     assert "".join(d.content or "" for d in deltas) == "Hello"
@@ -489,7 +498,7 @@ async def test_stream_dying_halfway(up: Upstream, client: httpx.AsyncClient) -> 
     assert len(up.requests) == 1  # never retried once something was relayed
 
 
-async def test_stall_mid_stream_times_out(up: Upstream, client: httpx.AsyncClient) -> None:
+async def test_stall_mid_stream_times_out(up: Upstream, client: Http) -> None:
     up.script(text("Hello world", chunks=4, stall_after=3))
     start = time.monotonic()
     deltas, exc = await collect_until_error(provider(up.base_url, client, read_timeout=0.3))
@@ -500,7 +509,7 @@ async def test_stall_mid_stream_times_out(up: Upstream, client: httpx.AsyncClien
 
 
 @pytest.mark.parametrize("mode", ["complete", "stream"])
-async def test_silence_before_headers_times_out(up: Upstream, client: httpx.AsyncClient, mode: str) -> None:
+async def test_silence_before_headers_times_out(up: Upstream, client: Http, mode: str) -> None:
     up.script(text("never", hang=True))
     p = provider(up.base_url, client, read_timeout=0.3)
     with pytest.raises(errors.ProviderTimeout):
@@ -511,7 +520,7 @@ async def test_silence_before_headers_times_out(up: Upstream, client: httpx.Asyn
     assert len(up.requests) == 1
 
 
-async def test_comments_reset_the_read_timeout(up: Upstream, client: httpx.AsyncClient) -> None:
+async def test_comments_reset_the_read_timeout(up: Upstream, client: Http) -> None:
     w = wire.ChunkWriter("x", 1, "m")
     frames = [
         w.content("slow "),
@@ -524,9 +533,9 @@ async def test_comments_reset_the_read_timeout(up: Upstream, client: httpx.Async
     assert summary(deltas)[0] == "slow answer"
 
 
-async def test_finished_stream_left_open_ends_after_grace(up: Upstream, aioclient: httpx.AsyncClient) -> None:
+async def test_finished_stream_left_open_ends_after_grace(up: Upstream, client: Http) -> None:
     up.script(text("done", stall_after=10))  # finish and usage sent, then neither [DONE] nor EOF
-    deltas = await collect(provider(up.base_url, aioclient, read_timeout=30, finish_grace=0.2))
+    deltas = await collect(provider(up.base_url, client, read_timeout=30, finish_grace=0.2))
     assert summary(deltas) == ("done", "", [], "stop", USAGE)
 
 
@@ -534,9 +543,9 @@ async def test_finished_stream_left_open_ends_after_grace(up: Upstream, aioclien
 
 
 @pytest.mark.parametrize("mode", ["complete", "stream"])
-async def test_retry_500_then_success(up: Upstream, aioclient: httpx.AsyncClient, mode: str) -> None:
+async def test_retry_500_then_success(up: Upstream, client: Http, mode: str) -> None:
     up.script(error(500, "The server had an error"), error(502, "Bad gateway"), text("ok now"))
-    p = provider(up.base_url, aioclient)
+    p = provider(up.base_url, client)
     if mode == "complete":
         assert (await p.complete(CALL)).message["content"] == "ok now"
     else:
@@ -544,25 +553,25 @@ async def test_retry_500_then_success(up: Upstream, aioclient: httpx.AsyncClient
     assert len(up.requests) == 3
 
 
-async def test_retry_after_is_honoured(up: Upstream, aioclient: httpx.AsyncClient) -> None:
+async def test_retry_after_is_honoured(up: Upstream, client: Http) -> None:
     up.script(error(429, "Rate limit reached", headers={"Retry-After": "1"}), text("patience"))
     start = time.monotonic()
-    result = await provider(up.base_url, aioclient).complete(CALL)
+    result = await provider(up.base_url, client).complete(CALL)
     assert time.monotonic() - start >= 0.95
     assert result.message["content"] == "patience" and len(up.requests) == 2
 
 
-async def test_retry_after_is_capped(up: Upstream, aioclient: httpx.AsyncClient) -> None:
+async def test_retry_after_is_capped(up: Upstream, client: Http) -> None:
     up.script(error(503, "busy", headers={"Retry-After": "120"}), text("ok"))
     start = time.monotonic()
-    await provider(up.base_url, aioclient, retry_after_cap=0.05).complete(CALL)
+    await provider(up.base_url, client, retry_after_cap=0.05).complete(CALL)
     assert time.monotonic() - start < 2
 
 
-async def test_retries_are_bounded(up: Upstream, aioclient: httpx.AsyncClient) -> None:
+async def test_retries_are_bounded(up: Upstream, client: Http) -> None:
     up.script(*[error(503, "Service overloaded")] * 3, text("too late"))
     with pytest.raises(errors.ProviderError) as info:
-        await collect(provider(up.base_url, aioclient))
+        await collect(provider(up.base_url, client))
     assert type(info.value) is errors.ProviderError and info.value.status == 502
     assert "HTTP 503" in info.value.message and "Service overloaded" in info.value.message
     assert len(up.requests) == 3 and up.pending == 1
@@ -570,14 +579,14 @@ async def test_retries_are_bounded(up: Upstream, aioclient: httpx.AsyncClient) -
 
 def test_retry_after_parsing() -> None:
     soon = email.utils.formatdate(time.time() + 30, usegmt=True)
-    assert _retry_after(httpx.Headers({"retry-after": "2"})) == 2
-    assert 25 < (_retry_after(httpx.Headers({"retry-after": soon})) or 0) <= 30
-    assert _retry_after(httpx.Headers({"retry-after-ms": "1500", "retry-after": "9"})) == 1.5
-    assert _retry_after(httpx.Headers({"retry-after": "soon-ish"})) is None
-    assert _retry_after(httpx.Headers()) is None
+    assert _retry_after(CIMultiDict({"Retry-After": "2"})) == 2
+    assert 25 < (_retry_after(CIMultiDict({"retry-after": soon})) or 0) <= 30
+    assert _retry_after(CIMultiDict({"Retry-After-Ms": "1500", "Retry-After": "9"})) == 1.5
+    assert _retry_after(CIMultiDict({"retry-after": "soon-ish"})) is None
+    assert _retry_after(CIMultiDict()) is None
 
 
-async def test_connection_refused(client: httpx.AsyncClient) -> None:
+async def test_connection_refused(client: Http) -> None:
     url = f"http://127.0.0.1:{closed_port()}/v1"
     with pytest.raises(errors.ProviderError) as info:
         await provider(url, client).complete(CALL)
@@ -585,16 +594,54 @@ async def test_connection_refused(client: httpx.AsyncClient) -> None:
     assert "'scripted'" in info.value.message and url in info.value.message
 
 
-async def test_connection_errors_are_retried_a_bounded_number_of_times(client: httpx.AsyncClient) -> None:
+async def test_connection_errors_are_retried_a_bounded_number_of_times(client: Http) -> None:
     with slammer() as (url, accepted):
         with pytest.raises(errors.ProviderError, match="Cannot connect"):
             await collect(provider(url, client))
         assert len(accepted) == 3
 
 
-async def test_stream_options_refused_then_dropped(up: Upstream, aioclient: httpx.AsyncClient) -> None:
+@pytest.mark.skipif(sys.platform != "linux", reason="a full backlog drops SYNs on Linux")
+async def test_connect_timeout_is_a_connection_error(client: Http) -> None:
+    with unanswered() as url:
+        start = time.monotonic()
+        with pytest.raises(errors.ProviderError) as info:
+            await provider(url, client, connect_timeout=0.1, read_timeout=30).complete(CALL)
+        assert "Cannot connect" in info.value.message and "timeout" in info.value.message
+        assert 0.25 < time.monotonic() - start < 3  # retried, like any connection error
+        probe = Provider(ProviderSettings("ollama", url, probe=True), client, connect_timeout=0.1)
+        with pytest.raises(errors.NoProvider):
+            await probe.complete(CALL)
+
+
+async def test_environment_proxies_apply(up: Upstream, client: Http, env: pytest.MonkeyPatch) -> None:
+    env.setenv("HTTP_PROXY", up.base_url.removesuffix("/v1"))  # the upstream plays the proxy
+    assert (await provider("http://provider.invalid/v1", client).complete(CALL)).message["content"] == "ok"
+    assert up.headers[0]["host"] == "provider.invalid"
+    env.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed_port()}")
+    env.setenv("NO_PROXY", "127.0.0.1")
+    assert (await provider(up.base_url, client).complete(CALL)).message["content"] == "ok"
+
+
+def test_tls_only_for_https_and_verified(env: pytest.MonkeyPatch) -> None:
+    assert provider("http://127.0.0.1:11434/v1", Http())._route == {}
+    _tls.cache_clear()
+    try:
+        env.setenv("SSL_CERT_FILE", "/nonexistent/ca.pem")
+        with pytest.raises(FileNotFoundError):
+            _tls()
+        env.delenv("SSL_CERT_FILE")
+        env.delenv("SSL_CERT_DIR", raising=False)
+        tls = provider("https://api.example.com/v1", Http())._route["ssl"]  # certifi's bundle
+        assert isinstance(tls, ssl.SSLContext) and tls.verify_mode == ssl.CERT_REQUIRED and tls.check_hostname
+        assert tls.cert_store_stats()["x509_ca"] > 50
+    finally:
+        _tls.cache_clear()
+
+
+async def test_stream_options_refused_then_dropped(up: Upstream, client: Http) -> None:
     up.script(error(400, "Unrecognized request argument supplied: stream_options"), text("fine"))
-    p = provider(up.base_url, aioclient)
+    p = provider(up.base_url, client)
     assert summary(await collect(p))[0] == "fine"
     assert "stream_options" in up.requests[0] and "stream_options" not in up.requests[1]
     await collect(p)
@@ -604,7 +651,7 @@ async def test_stream_options_refused_then_dropped(up: Upstream, aioclient: http
 # --- cancellation -----------------------------------------------------------------------------------
 
 
-async def test_aclose_drops_the_upstream_request(up: Upstream, client: httpx.AsyncClient) -> None:
+async def test_aclose_drops_the_upstream_request(up: Upstream, client: Http) -> None:
     up.script(text("Hello world", chunks=5, stall_after=3))
     async with contextlib.aclosing(provider(up.base_url, client).stream(CALL)) as stream:
         async for d in stream:
@@ -613,14 +660,14 @@ async def test_aclose_drops_the_upstream_request(up: Upstream, client: httpx.Asy
     assert await up.until(lambda: up.disconnects == 1)
 
 
-async def test_break_without_aclose_still_drops_it(up: Upstream, aioclient: httpx.AsyncClient) -> None:
+async def test_break_without_aclose_still_drops_it(up: Upstream, client: Http) -> None:
     up.script(text("Hello world", chunks=5, stall_after=3))
-    async for _ in provider(up.base_url, aioclient).stream(CALL):
+    async for _ in provider(up.base_url, client).stream(CALL):
         break
     assert await up.until(lambda: up.disconnects == 1)
 
 
-async def test_cancelling_the_consumer_drops_it(up: Upstream, client: httpx.AsyncClient) -> None:
+async def test_cancelling_the_consumer_drops_it(up: Upstream, client: Http) -> None:
     up.script(text("Hello world", chunks=5, stall_after=3))
     first = asyncio.Event()
 
@@ -636,9 +683,9 @@ async def test_cancelling_the_consumer_drops_it(up: Upstream, client: httpx.Asyn
     assert await up.until(lambda: up.disconnects == 1)
 
 
-async def test_cancelling_while_waiting_for_headers(up: Upstream, aioclient: httpx.AsyncClient) -> None:
+async def test_cancelling_while_waiting_for_headers(up: Upstream, client: Http) -> None:
     up.script(text("never", hang=True))
-    task = asyncio.create_task(provider(up.base_url, aioclient).complete(CALL))
+    task = asyncio.create_task(provider(up.base_url, client).complete(CALL))
     assert await up.until(lambda: len(up.requests) == 1)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -649,13 +696,13 @@ async def test_cancelling_while_waiting_for_headers(up: Upstream, aioclient: htt
 # --- models -----------------------------------------------------------------------------------------
 
 
-async def test_list_models(up: Upstream, aioclient: httpx.AsyncClient) -> None:
-    assert await provider(up.base_url, aioclient).list_models() == ["gpt-4o", "gpt-4o-mini"]
+async def test_list_models(up: Upstream, client: Http) -> None:
+    assert await provider(up.base_url, client).list_models() == ["gpt-4o", "gpt-4o-mini"]
     settings = ProviderSettings("x", up.base_url, models=("a", "b"))
-    assert await Provider(settings, aioclient).list_models() == ["a", "b"]
+    assert await Provider(settings, client).list_models() == ["a", "b"]
     up.api_key = "another-key-entirely"
     with pytest.raises(errors.ProviderError, match="rejected the API key"):
-        await provider(up.base_url, aioclient).list_models()
+        await provider(up.base_url, client).list_models()
 
 
 # --- the pool ---------------------------------------------------------------------------------------
@@ -803,7 +850,7 @@ async def test_pool_reports_status(up: Upstream, caplog: pytest.LogCaptureFixtur
     assert KEY not in caplog.text and "Bearer" not in caplog.text
 
 
-async def test_pieces_that_arrive_apart_are_relayed_apart(up: Upstream, client: httpx.AsyncClient) -> None:
+async def test_pieces_that_arrive_apart_are_relayed_apart(up: Upstream, client: Http) -> None:
     up.script(text("Hello world", chunks=3, chunk_delay=0.05))
     deltas = await collect(provider(up.base_url, client), ModelCall("gpt-4o", [USER]))
     assert [d.content for d in deltas[:-1]] == ["Hel", "lo w", "orld"]
