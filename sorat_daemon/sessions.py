@@ -24,8 +24,9 @@ killed process loses at most the line being written and an OS crash about the la
   assistant projections of one turn make one message: the client saw one streamed message.
   A torn last line is skipped on read and cut off before the next append; unknown records are skipped.
 
-``<key>.json``: the metadata, rewritten atomically (temp file, fsync, rename) when a turn starts a
-session, when it ends, and when a title is set::
+``<key>.json``: the metadata, rewritten atomically (temp file, rename, fsync) by the flusher after a
+turn ends or a title is set (the newest version of each file, at most ``flush_delay`` late; a file that
+is missing or behind its ``.jsonl`` is rebuilt from the messages)::
 
     {"format": 1, "id", "title", "fallback_title", "model", "created_at", "updated_at",
      "message_count", "lookup", "size", "version"}
@@ -513,6 +514,20 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+def _write_metas(root: Path, metas: dict[str, bytes], run: str) -> set[str]:
+    """Writes each session's metadata file (no fsync: the flush after it does that); the keys written.
+    A failure is logged and leaves the rest to the next flush."""
+    written: set[str] = set()
+    for key, data in metas.items():
+        try:
+            _write_atomic(_paths(root, key)[1], data, run, sync=False)
+        except OSError as e:
+            log.error("cannot save the metadata of session %s in %s: %s", key, root, e)
+            break
+        written.add(key)
+    return written
+
+
 def _fsync_paths(paths: Iterable[Path], directory: Path | None) -> None:
     for path in paths:
         try:
@@ -531,11 +546,12 @@ def _fsync_paths(paths: Iterable[Path], directory: Path | None) -> None:
             os.close(fd)
 
 
-def _read_session(root: Path, key: str) -> _Session | None:
-    """The session from its files, or None. A torn last line is cut off here: only the cached session,
-    made by this call, ever appends, so nothing is writing the file now."""
+def _read_session(root: Path, key: str, pending: bytes | None = None) -> _Session | None:
+    """The session from its files (``pending``: its metadata not written yet), or None. A torn last line
+    is cut off here: only the cached session, made by this call, ever appends, so nothing is writing the
+    file now."""
     path, meta_path = _paths(root, key)
-    meta = _read_meta(meta_path)
+    meta = orjson.loads(pending) if pending is not None else _read_meta(meta_path)
     data = _read_bytes(path)
     if data is None and meta is None:
         return None
@@ -607,7 +623,9 @@ def _read_session(root: Path, key: str) -> _Session | None:
         session.model = model if isinstance(model, str) else ""
         session.version = version if isinstance(version, int) else 0
         session.updated_at = _number(meta.get("updated_at")) or created
-    if records:
+    if records and (meta is None or meta.get("size") != size):  # metadata behind its messages (a crash)
+        # (metadata that describes the whole file keeps its exact time: a record's ts, rounded to the
+        # millisecond, may lie just after it and reorder sessions saved in the same millisecond)
         session.updated_at = max(session.updated_at, records[-1].ts)
     return session
 
@@ -889,6 +907,10 @@ class SessionStore:
         # Index rows not written yet: the flusher writes them in one transaction, and every read of the
         # index writes them first, so the index never answers with less than the files say.
         self._rows: dict[str, tuple[Any, ...]] = {}
+        # Metadata files not written yet (newest version per session): the flusher writes them on the
+        # index thread, where a delete's unlink also runs, so a late write never revives a deleted file.
+        self._metas: dict[str, bytes] = {}
+        self._writing: dict[str, bytes] = {}  # the ones being written now (a load must not read the old file)
         self._repair: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._open = False
@@ -956,8 +978,9 @@ class SessionStore:
             await asyncio.wait([self._repair])
 
     async def flush(self) -> None:
-        """fsyncs every file written so far, and writes the pending index rows."""
+        """Writes the pending metadata files and index rows, and fsyncs every file written so far."""
         await self._flush_rows()
+        await self._flush_metas()
         paths, self._dirty = self._dirty, set()
         directory, self._dir_dirty = self._dir_dirty, False
         if paths or directory:
@@ -1011,7 +1034,8 @@ class SessionStore:
                 paths = _paths(self.root, key)
                 self._dirty.difference_update(paths)
                 self._rows.pop(key, None)
-                existed = await asyncio.to_thread(_unlink_all, paths)
+                self._metas.pop(key, None)
+                existed = await self._db(_unlink_all, paths)  # after any metadata write in progress
                 await self._db(self._index.delete, key)
                 return existed
 
@@ -1096,10 +1120,7 @@ class SessionStore:
             if not session.deleted:
                 session.model = turn._model
                 session.updated_at = time.time()
-                try:
-                    await self._save(session, slot)
-                except errors.SoratError:  # logged; the messages are written: the next start rebuilds it
-                    self._trusted = False
+                await self._save(session, slot)
         finally:
             slot.request.release()
             self._unpin(key)
@@ -1186,16 +1207,11 @@ class SessionStore:
         if self._cache.get(session.key) is session:
             del self._cache[session.key]
         self._rows.pop(session.key, None)
+        self._metas.pop(session.key, None)
         for path in _paths(self.root, session.key):
             self._dirty.discard(path)
             with contextlib.suppress(OSError):
                 path.unlink()
-
-    def _write_meta(self, session: _Session, path: Path, meta: dict[str, Any]) -> None:
-        try:
-            _write_atomic(path, _dumps(meta), self._run, sync=False)
-        except OSError as e:
-            raise self._failed(session.id, e) from e
 
     def _failed(self, session_id: str, e: OSError) -> errors.SoratError:
         """A write the disk refused (full, read-only, gone): the log and the client are told which and why."""
@@ -1205,22 +1221,19 @@ class SessionStore:
         )
 
     async def _save(self, session: _Session, slot: _Slot, *, force: bool = False, file: bool = True) -> None:
-        """Writes the metadata file, then queues the index row.
+        """Queues the metadata file and the index row for the flusher.
 
-        On the event loop and without an fsync: writing and renaming a small file costs tens of
-        microseconds, a thread hop more, and an fsync milliseconds. The flusher fsyncs the file (and the
-        folder) with the session's appends and writes the index rows in one transaction; an OS crash
-        loses at most that last moment, and a metadata file that did not survive is rebuilt from the
-        messages on the next read."""
+        Nothing touches the disk here: the flusher writes every queued file (only the newest version of
+        each: a turn's end and its title often make one write) and the index rows in one transaction, then
+        fsyncs them with the session's appends. A killed process or an OS crash loses at most that last
+        moment, and a metadata file that did not survive is rebuilt from the messages on the next read."""
         async with slot.meta:
             if session.deleted:
                 return
             session.version += 1
             meta = session.meta()
             if file:
-                path = _paths(self.root, session.key)[1]
-                self._write_meta(session, path, meta)
-                self._dirty.add(path)
+                self._metas[session.key] = _dumps(meta)
             self._dir_dirty = True
             row = _row_from_meta(session.key, meta, meta["size"])
             assert row is not None
@@ -1239,6 +1252,22 @@ class SessionStore:
             except BaseException:  # a full disk, say: the rows wait for the next flush (newer ones win)
                 self._rows = {**rows, **self._rows}
                 raise
+
+    async def _flush_metas(self) -> None:
+        if not self._metas:
+            return
+        metas, self._metas = self._metas, {}
+        self._writing = metas
+        written: set[str] = set()
+        try:
+            written = await self._db(_write_metas, self.root, metas, self._run)
+        finally:
+            self._writing = {}
+            for key, data in metas.items():  # not written (a full disk, say): retried, newer ones win
+                if key not in written:
+                    self._metas.setdefault(key, data)
+                    self._trusted = False  # the next start rebuilds the index from the files
+        self._dirty.update(_paths(self.root, key)[1] for key in written)
 
     # -- cache and locks --------------------------------------------------------------------------------
 
@@ -1272,9 +1301,10 @@ class SessionStore:
     async def _load_locked(self, key: str) -> _Session | None:
         session = self._cache.get(key)
         if session is None:
-            if not any(os.path.lexists(p) for p in _paths(self.root, key)):
+            pending = self._metas.get(key) or self._writing.get(key)
+            if pending is None and not any(os.path.lexists(p) for p in _paths(self.root, key)):
                 return None  # a new session: no thread hop to learn that nothing is there
-            session = await asyncio.to_thread(_read_session, self.root, key)
+            session = await asyncio.to_thread(_read_session, self.root, key, pending)
             if session is None:
                 return None
             self._cache[key] = session

@@ -152,6 +152,7 @@ async def test_ids_differing_in_case_are_one_session(root: Path, store: SessionS
         await turn.add(assistant("yes"))
     row = await store.get("MYCHAT")
     assert row is not None and row["id"] == "MyChat" and row["message_count"] == 4
+    await store.flush()  # the metadata file is the flusher's
     assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == [
         "mychat.json",
         "mychat.jsonl",
@@ -617,8 +618,8 @@ async def test_crash_mid_turn_is_repaired(tmp_path: Path, root: Path) -> None:
         row = await store.get("c")
         assert row is not None
         assert [m["content"] for m in row["messages"]] == ["q1", "a1", "q2", "a2 part one"]
-        meta = json.loads((crashed / "c.json").read_text())
-        assert meta["size"] == (crashed / "c.jsonl").stat().st_size and meta["message_count"] == 4
+    meta = json.loads((crashed / "c.json").read_text())  # rewritten by the store
+    assert meta["size"] == (crashed / "c.jsonl").stat().st_size and meta["message_count"] == 4
 
 
 async def test_session_without_metadata_is_recovered(root: Path) -> None:
@@ -716,3 +717,30 @@ async def test_reasoning_echoed_in_think_tags_is_not_an_edit(root: Path, store: 
     async with store.turn(None, echoed, model="m") as turn:
         assert turn.id == "t" and not turn.created
         assert [m["content"] for m in turn.messages] == ["You are terse.", "q1", "a1", "q2"]
+
+
+async def test_metadata_waiting_for_the_flusher_is_what_a_reload_sees(root: Path) -> None:
+    """A session evicted before the flusher wrote its metadata reloads with that metadata, not the old
+    file; the next open finds it written."""
+    async with SessionStore(root, cache_size=1, flush_delay=60) as store:
+        await answer(store, "a", [user("q")], "r")
+        await store.set_title("a", "The Title")
+        await answer(store, "b", [user("q")], "r")  # evicts "a"
+        await answer(store, "c", [user("q")], "r")
+        assert "a" not in store._cache and not (root / "a.json").exists()
+        row = await store.get("a")
+        assert row is not None and row["title"] == "The Title" and row["message_count"] == 2
+    remove_index(root)
+    async with SessionStore(root) as store:
+        rows, _ = await store.list()
+        assert {r["id"]: r["title"] for r in rows} == {"a": "The Title", "b": "q", "c": "q"}
+
+
+async def test_a_deleted_session_leaves_no_late_metadata(root: Path) -> None:
+    async with SessionStore(root, flush_delay=60) as store:
+        await answer(store, "gone", [user("q")], "r")
+        await store.set_title("gone", "Title")
+        assert await store.delete("gone")
+        await store.flush()
+        assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == []
+        assert await store.get("gone") is None
