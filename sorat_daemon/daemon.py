@@ -36,7 +36,7 @@ class Runtime:
     def __init__(self, home: Home, settings: config.Settings, state: StateHub) -> None:
         from sorat_daemon.providers import ProviderPool
         from sorat_daemon.sessions import SessionStore
-        from sorat_daemon.titles import TitleWorker
+        from sorat_daemon.titles import Activity, TitleWorker
         from sorat_daemon.tools.manager import ToolManager
 
         self.home = home
@@ -49,7 +49,8 @@ class Runtime:
         self.store = SessionStore(home.sessions)
         secret_names = {p.api_key_env for p in settings.providers if p.api_key_env}
         self.tools = ToolManager(home, state, secret_env_names=secret_names)
-        self.titles = TitleWorker(self.store, self._generate_title)
+        self.activity = Activity()  # answers in flight: titles give way to them
+        self.titles = TitleWorker(self.store, self._generate_title, activity=self.activity)
         self._watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

@@ -2,7 +2,9 @@
 
 Nothing here can delay or fail an answer: ``submit`` only queues (dropping, with a log line, when the
 queue is full), and every failure of the model or the store is logged while the fallback title (the
-first user message cut to 60 characters) stays.
+first user message cut to 60 characters) stays. Titles yield to answers: the worker waits for a quiet
+moment without answers in flight (``Activity``), for at most ``max_defer`` seconds after submission, so
+under load a title costs the answers nothing and is done once the load ends.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from .sessions import SessionStore
@@ -79,23 +82,51 @@ def _first_exchange(messages: Sequence[Message]) -> tuple[str, str]:
     return user, answer
 
 
+class Activity:
+    """The answers in flight, for background work that gives way to them."""
+
+    __slots__ = ("busy", "since")
+
+    def __init__(self) -> None:
+        self.busy = 0
+        self.since = time.monotonic()  # when the last answer ended
+
+    def begin(self) -> None:
+        self.busy += 1
+
+    def end(self) -> None:
+        self.busy -= 1
+        self.since = time.monotonic()
+
+    def quiet_for(self) -> float:
+        """Seconds without an answer in flight (0 while one is)."""
+        return 0.0 if self.busy else time.monotonic() - self.since
+
+
 class TitleWorker:
-    """Asks ``generate`` (the model, without tools) for titles, ``concurrency`` at a time."""
+    """Asks ``generate`` (the model, without tools) for titles, ``concurrency`` at a time, each after
+    ``quiet`` seconds without answers in flight or ``max_defer`` seconds after it was submitted."""
 
     def __init__(
         self,
         store: SessionStore,
         generate: Callable[[list[Message]], Awaitable[str]],
         *,
+        activity: Activity | None = None,
         concurrency: int = 2,
         max_queue: int = 10000,
         timeout: float = 300.0,
+        quiet: float = 0.05,
+        max_defer: float = 20.0,
     ) -> None:
         self._store = store
         self._generate = generate
+        self._activity = activity or Activity()
         self._concurrency = concurrency
         self._timeout = timeout  # a hung model must not hold a worker forever
-        self._queue: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue(max_queue)
+        self._quiet = quiet
+        self._max_defer = max_defer
+        self._queue: asyncio.Queue[tuple[str, str, str, float]] = asyncio.Queue(max_queue)
         self._pending: set[str] = set()  # sessions queued or being titled: one request each
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
@@ -109,7 +140,7 @@ class TitleWorker:
             user, answer = _first_exchange(messages)
             if not user:
                 return
-            self._queue.put_nowait((session_id, user, answer))
+            self._queue.put_nowait((session_id, user, answer, time.monotonic()))
             self._pending.add(key)
         except asyncio.QueueFull:
             log.warning("title queue full: no generated title for session %s", session_id)
@@ -140,12 +171,21 @@ class TitleWorker:
 
     async def _work(self) -> None:
         while True:
-            session_id, user, answer = await self._queue.get()
+            session_id, user, answer, submitted = await self._queue.get()
             try:
+                await self._give_way(submitted)
                 await self._title(session_id, user, answer)
             finally:
                 self._pending.discard(session_id.lower())
                 self._queue.task_done()
+
+    async def _give_way(self, submitted: float) -> None:
+        """Waits for a quiet moment without answers, or until the title has waited ``max_defer``."""
+        while (wait := self._quiet - self._activity.quiet_for()) > 0:
+            left = submitted + self._max_defer - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(max(wait, 0.01), left))
 
     async def _title(self, session_id: str, user: str, answer: str) -> None:
         try:

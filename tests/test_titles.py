@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from sorat_daemon.sessions import SessionStore
-from sorat_daemon.titles import TITLE_SYSTEM_PROMPT, TitleWorker, clean_title, title_messages
+from sorat_daemon.titles import TITLE_SYSTEM_PROMPT, Activity, TitleWorker, clean_title, title_messages
 from sorat_daemon.types import Message
 
 
@@ -173,3 +174,46 @@ async def test_a_title_for_a_deleted_session_is_dropped(store: SessionStore) -> 
     await worker.aclose()
     assert await store.get(session_id) is None
     assert (store.root / f"{session_id.lower()}.json").exists() is False
+
+
+async def test_titles_give_way_to_answers_in_flight(store: SessionStore) -> None:
+    """No title call while an answer is in flight: it waits for a quiet moment after the last one."""
+    asked: list[float] = []
+
+    async def generate(messages: list[Message]) -> str:
+        asked.append(time.monotonic())
+        return "A title"
+
+    activity = Activity()
+    worker = TitleWorker(store, generate, activity=activity, quiet=0.1, max_defer=30)
+    await worker.start()
+    session_id, conversation = await first_turn(store)
+    activity.begin()  # an answer streams
+    worker.submit(session_id, conversation)
+    await asyncio.sleep(0.3)
+    assert asked == []
+    activity.end()
+    ended = time.monotonic()
+    await asyncio.wait_for(worker.join(), 5)
+    await worker.aclose()
+    assert len(asked) == 1 and asked[0] - ended >= 0.09
+    assert await title_of(store, session_id) == "A title"
+
+
+async def test_a_title_waits_at_most_max_defer(store: SessionStore) -> None:
+    """Under endless load a title still comes: after max_defer it stops giving way."""
+
+    async def generate(messages: list[Message]) -> str:
+        return "A title"
+
+    activity = Activity()
+    activity.begin()  # never ends
+    worker = TitleWorker(store, generate, activity=activity, max_defer=0.2)
+    await worker.start()
+    session_id, conversation = await first_turn(store)
+    submitted = time.monotonic()
+    worker.submit(session_id, conversation)
+    await asyncio.wait_for(worker.join(), 5)
+    await worker.aclose()
+    assert time.monotonic() - submitted >= 0.19
+    assert await title_of(store, session_id) == "A title"
