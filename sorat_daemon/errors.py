@@ -3,7 +3,8 @@
 
     SoratError                     500 server_error
     ├── RequestError               400 invalid_request_error
-    │   └── PayloadTooLarge        413 invalid_request_error
+    │   ├── PayloadTooLarge        413 invalid_request_error
+    │   └── RequestTimeout         408 invalid_request_error (the body did not arrive)
     ├── AuthError                  401 authentication_error (code invalid_api_key)
     ├── PermissionDenied           403 permission_error
     ├── NotFound                   404 not_found_error
@@ -42,6 +43,10 @@ class RequestError(SoratError):
 
 class PayloadTooLarge(RequestError):
     status = 413
+
+
+class RequestTimeout(RequestError):
+    status = 408
 
 
 class AuthError(SoratError):

@@ -6,20 +6,17 @@ the daemon builds while serving and hangs on ``app.runtime``.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hmac
 import importlib.resources
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from quart import Quart, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from sorat_daemon import __version__, agent, wire
-from sorat_daemon.config import TOOL_EVENTS
+from sorat_daemon import __version__, wire
 from sorat_daemon.errors import (
     AuthError,
     NotFound,
@@ -63,7 +60,75 @@ def host_name(host: str) -> str:
     return name if sep and port.isdigit() else host
 
 
+class Guard:
+    """What every request must pass (Host, Origin, bearer token, body size) and the CORS headers its
+    answer gets: one definition for the Quart routes and the chat endpoint's fast path."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+        server = rt.settings.server
+        self.allowed_hosts = LOCAL_HOSTS | set(server.allowed_hosts)
+        self.allowed_origins = frozenset(server.allowed_origins)
+
+    def check(
+        self,
+        method: str,
+        path: str,
+        target: bytes,
+        host: str,
+        origins: list[str],
+        auths: list[str],
+        length: int | None,
+    ) -> bool:
+        """Raises the request's SoratError; True for a CORS preflight (answered 204 without a token)."""
+        if not target.startswith(b"/"):  # absolute-form: the target's authority names the server, not Host
+            parts = target.split(b"/", 3)
+            host = parts[2].decode("latin-1") if len(parts) > 2 and parts[0].endswith(b":") else ""
+        allowed_hosts = self.allowed_hosts
+        if host_name(host) not in allowed_hosts and host.strip().lower() not in allowed_hosts:
+            raise PermissionDenied(
+                "Host header not allowed; add it to [server] allowed_hosts in config.toml to accept it"
+            )
+        if len(origins) > 1 or (origins and origins[0] not in self.allowed_origins):
+            raise PermissionDenied(
+                "Origin not allowed; add it to [server] allowed_origins in config.toml to accept it"
+            )
+        if method == "OPTIONS":  # a CORS preflight, on any path: browsers send it without a token
+            return True
+        if path == "/health":
+            return False
+        scheme, _, token = (auths[0] if len(auths) == 1 else "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), self._rt.token.encode()
+        ):
+            raise AuthError("Invalid or missing bearer token; run `sorat token` to print it")
+        if length is not None and length > MAX_BODY:
+            raise PayloadTooLarge("Request body larger than 16 MiB")
+        return False
+
+    def cors(self, origin: str | None, method: str) -> list[tuple[str, str]]:
+        """The CORS headers for an answer to ``origin`` (none unless it is allowed)."""
+        if origin is None or origin not in self.allowed_origins:
+            return []
+        headers = [
+            ("Access-Control-Allow-Origin", origin),
+            ("Vary", "Origin"),
+            ("Access-Control-Expose-Headers", "X-Session-ID"),
+        ]
+        if method == "OPTIONS":
+            headers += [
+                ("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS"),
+                ("Access-Control-Allow-Headers", CORS_ALLOW_HEADERS),
+                ("Access-Control-Max-Age", "600"),
+            ]
+        return headers
+
+
 def create_app(rt: Runtime) -> Quart:
+    """The app: POST /v1/chat/completions is served by ``chat.ChatEndpoint`` in front of Quart (the hot
+    path, without Quart's request and response machinery); Quart serves every other route."""
+    from sorat_daemon.chat import PATH, ChatEndpoint
+
     app = Quart("sorat_daemon")
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_BODY, RESPONSE_TIMEOUT=None, BODY_TIMEOUT=60, PROVIDE_AUTOMATIC_OPTIONS=False
@@ -72,56 +137,37 @@ def create_app(rt: Runtime) -> Quart:
     # No redirects: "//" or a trailing slash in a session path is an error, never a 308 to another path.
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False
-    server = rt.settings.server
-    allowed_hosts = LOCAL_HOSTS | set(server.allowed_hosts)
-    allowed_origins = frozenset(server.allowed_origins)
+    guard = Guard(rt)
+    quart_asgi = app.asgi_app
+    chat = ChatEndpoint(rt, guard)
 
-    def origin_allowed(origin: str | None) -> bool:
-        return origin is None or origin in allowed_origins
+    async def asgi(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == PATH:
+            await chat(scope, receive, send)
+        else:
+            await quart_asgi(scope, receive, send)
+
+    app.asgi_app = asgi  # type: ignore[method-assign]
 
     @app.before_request
-    async def guard() -> Response | None:
+    async def check() -> Response | None:
         g.start = time.perf_counter()
         headers = request.headers
-        host = headers.get("Host", "")
-        target = request.scope.get("raw_path") or b"/"
-        if not target.startswith(b"/"):  # absolute-form: the target's authority names the server, not Host
-            parts = target.split(b"/", 3)
-            host = parts[2].decode("latin-1") if len(parts) > 2 and parts[0].endswith(b":") else ""
-        if host_name(host) not in allowed_hosts and host.strip().lower() not in allowed_hosts:
-            raise PermissionDenied(
-                "Host header not allowed; add it to [server] allowed_hosts in config.toml to accept it"
-            )
-        origins = headers.getlist("Origin")
-        origin = origins[0] if origins else None
-        if len(origins) > 1 or not origin_allowed(origin):
-            raise PermissionDenied(
-                "Origin not allowed; add it to [server] allowed_origins in config.toml to accept it"
-            )
-        if request.method == "OPTIONS":  # a CORS preflight, on any path: browsers send it without a token
-            return Response(b"", status=204)
-        if request.path == "/health":
-            return None
-        auth = headers.getlist("Authorization")
-        scheme, _, token = (auth[0] if len(auth) == 1 else "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), rt.token.encode()):
-            raise AuthError("Invalid or missing bearer token; run `sorat token` to print it")
-        length = request.content_length
-        if length is not None and length > MAX_BODY:
-            raise PayloadTooLarge("Request body larger than 16 MiB")
-        return None
+        preflight = guard.check(
+            request.method,
+            request.path,
+            request.scope.get("raw_path") or b"/",
+            headers.get("Host", ""),
+            headers.getlist("Origin"),
+            headers.getlist("Authorization"),
+            request.content_length,
+        )
+        return Response(b"", status=204) if preflight else None
 
     @app.after_request
     async def finish(response: Response) -> Response:
-        origin = request.headers.get("Origin")
-        if origin is not None and origin in allowed_origins:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Vary"] = "Origin"
-            response.headers["Access-Control-Expose-Headers"] = "X-Session-ID"
-            if request.method == "OPTIONS":
-                response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
-                response.headers["Access-Control-Allow-Headers"] = CORS_ALLOW_HEADERS
-                response.headers["Access-Control-Max-Age"] = "600"
+        for name, value in guard.cors(request.headers.get("Origin"), request.method):
+            response.headers[name] = value
         sid = g.get("session_id")
         if sid:
             response.headers["X-Session-ID"] = sid
@@ -225,67 +271,6 @@ def create_app(rt: Runtime) -> Quart:
             raise NotFound(f"No session {session_id!r}")
         return Response(b"", status=204)
 
-    @app.post("/v1/chat/completions")
-    async def chat() -> Response:
-        body: bytes = await request.get_data(cache=False, as_text=False)  # type: ignore[assignment]
-        if len(body) > MAX_BODY:
-            raise PayloadTooLarge("Request body larger than 16 MiB")
-        req = wire.parse_chat_request(body)
-        events_mode = (
-            request.headers.get("X-Sorat-Tool-Events", rt.agent_settings.tool_events).strip().lower()
-        )
-        if events_mode not in TOOL_EVENTS:  # the same choices as [agent] tool_events
-            raise RequestError(
-                "X-Sorat-Tool-Events must be tool_calls, reasoning or none", param="X-Sorat-Tool-Events"
-            )
-        provider, model = rt.pool.resolve(req.model, rt.active_model)
-        toolset = rt.tools.current()
-        stack = contextlib.AsyncExitStack()
-        turn = await stack.enter_async_context(
-            rt.store.turn(request.headers.get("X-Session-ID"), req.messages, model=model)
-        )
-        g.session_id = turn.id
-        try:
-            turn.set_model(model)
-            opts = agent.RunOptions(
-                model=model,
-                stream=req.stream,
-                params=req.params,
-                client_tools=req.tools,
-                tool_choice=req.tool_choice,
-                max_iterations=rt.agent_settings.max_iterations,
-                system_prompt=rt.agent_settings.system_prompt,
-            )
-            events = agent.run(provider, toolset, rt.tool_context(turn.id), turn.messages, opts, turn.add)
-            if not req.stream:
-                try:
-                    done = await _drain(events)
-                finally:
-                    await events.aclose()
-                    await stack.aclose()
-                rt.after_answer(turn, model, done.message)
-                cid = wire.new_id()
-                message = dict(done.message)
-                return _json(
-                    wire.completion(cid, int(time.time()), model, message, done.finish_reason, done.usage)
-                )
-            try:
-                first = await anext(events)  # headers go out when the model's first answer begins
-            except BaseException:
-                await events.aclose()
-                await stack.aclose()
-                raise
-        except BaseException:
-            await stack.aclose()
-            raise
-        g.streaming = True
-        frames = _frames(rt, first, events, stack, turn, model, req, events_mode, g.start)
-        response = Response(frames, content_type="text/event-stream")
-        response.headers["Cache-Control"] = "no-cache"
-        response.headers["X-Accel-Buffering"] = "no"
-        response.timeout = None
-        return response
-
     return app
 
 
@@ -302,81 +287,3 @@ def _access(
 ) -> None:
     ms = (time.perf_counter() - start) * 1000 if start else 0.0
     access_log.info("%s %s %d %.1fms session=%s%s", method, path, status, ms, sid or "-", note)
-
-
-async def _drain(events: AsyncGenerator[agent.Event, None]) -> agent.Done:
-    async for ev in events:
-        if isinstance(ev, agent.Done):
-            return ev
-    raise SoratError("the agent ended without an answer")
-
-
-async def _frames(
-    rt: Runtime,
-    first: agent.Event,
-    events: AsyncGenerator[agent.Event, None],
-    stack: contextlib.AsyncExitStack,
-    turn: Any,
-    model: str,
-    req: wire.ChatRequest,
-    mode: str,
-    start: float,
-) -> AsyncIterator[bytes]:
-    w = wire.ChunkWriter(wire.new_id(), int(time.time()), model)
-    index = 0  # tool-call index, rising across the whole response
-    if req.tools and mode == "tool_calls":
-        mode = "reasoning"  # a client must never mistake our internal calls for its own
-    status = "ok"
-    said: list[str] = []  # for the title of a session whose client left before the end
-    answered = False
-    out = [w.role()]  # frames go out together up to the next wait: one write, not one per frame
-    try:
-        ev: agent.Event | None = first
-        while ev is not None:
-            if isinstance(ev, agent.Text):
-                said.append(ev.text)
-                out.append(w.content(ev.text))
-            elif isinstance(ev, agent.Reasoning):
-                out.append(w.reasoning(ev.text))
-            elif isinstance(ev, agent.ToolCall):
-                if mode == "tool_calls":
-                    out.append(w.tool_call(index, ev.id, ev.name, ev.arguments))
-                    index += 1
-                elif mode == "reasoning":
-                    out.append(w.reasoning(f"{ev.name} {ev.arguments}\n"))
-            elif isinstance(ev, agent.KeepAlive):
-                out.append(wire.KEEPALIVE)
-            elif isinstance(ev, agent.Done):
-                for call in ev.message.get("tool_calls") or ():
-                    fn = call["function"]
-                    out.append(w.tool_call(index, call["id"], fn["name"], fn["arguments"]))
-                    index += 1
-                out.append(w.finish(ev.finish_reason))
-                if req.include_usage:
-                    out.append(w.usage(ev.usage or wire.add_usage(None, None)))
-                answered = True
-                rt.after_answer(turn, model, ev.message)
-                break
-            if out:
-                yield b"".join(out)
-                out.clear()
-            ev = await anext(events, None)
-    except SoratError as e:
-        status = f"error {e.status}"
-        out.append(w.error(e.body()))
-    except Exception:
-        log.exception("stream failed")
-        status = "error 500"
-        out.append(w.error(SoratError("Internal server error; see sorat's log").body()))
-    except BaseException:
-        status = "cancelled"
-        raise
-    finally:
-        if not answered and said:
-            rt.after_answer(turn, model, {"role": "assistant", "content": "".join(said)})
-        with contextlib.suppress(Exception):
-            await events.aclose()
-        await stack.aclose()
-        _access("POST", "/v1/chat/completions", 200, start, turn.id, f" stream={status}")
-    out.append(wire.DONE)
-    yield b"".join(out)

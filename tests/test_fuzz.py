@@ -358,6 +358,7 @@ def test_openapi_describes_every_route(fuzzed: DaemonProc) -> None:
     """The served document is the packaged one, and it has every route the app has."""
     import httpx
 
+    from sorat_daemon import chat
     from sorat_daemon.server import create_app
 
     assert httpx.get(fuzzed.url + "/openapi.json").status_code == 401  # behind the token
@@ -373,6 +374,7 @@ def test_openapi_describes_every_route(fuzzed: DaemonProc) -> None:
         for method in rule.methods or ()
         if method not in ("HEAD", "OPTIONS") and rule.endpoint != "static"
     }
+    routes.add((chat.PATH, "POST"))  # served in front of Quart (sorat_daemon/chat.py)
     documented = {
         (path, method.upper())
         for path, ops in served["paths"].items()
