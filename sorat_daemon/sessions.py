@@ -53,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -87,6 +88,7 @@ _CANDIDATES = 20  # sessions compared exactly for one hash lookup
 _NO_RESULT = '{"error": "no result: the request ended before this tool call finished"}'
 _O_BINARY = getattr(os, "O_BINARY", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # a symlink planted in sessions/ must not lead outside it
+_CREATE = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | _O_BINARY | _O_NOFOLLOW
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _DEVICES = frozenset(
@@ -506,6 +508,32 @@ def _write_atomic(path: Path, data: bytes, run: str, *, sync: bool = True) -> No
     except OSError:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _create_file(root: Path, key: str, header: bytes) -> int | None:
+    """Creates ``<key>.jsonl`` exclusively with its header line; its fd (open for appends), or None if
+    the file exists already."""
+    path = _paths(root, key)[0]
+    try:
+        fd = os.open(path, _CREATE, 0o600)
+    except FileExistsError:
+        return None
+    try:
+        _write_all(fd, header)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    return fd
+
+
+def _undo_create(root: Path, key: str, made: asyncio.Future[int | None]) -> None:
+    """Removes a session file whose creation finished after its request was cancelled."""
+    if made.cancelled() or made.exception() is not None or made.result() is None:
+        return
+    os.close(made.result())  # type: ignore[arg-type]
+    with contextlib.suppress(OSError):
+        _paths(root, key)[0].unlink()
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -1076,10 +1104,18 @@ class SessionStore:
             made: _Session | None = None  # created here: removed again if the turn cannot start
             try:
                 async with slot.load:
-                    session = await self._load_locked(key)
+                    # a new id is not looked for first: creating its file exclusively tells
+                    session = None if fresh and key not in self._cache else await self._load_locked(key)
                     created = session is None
                     if session is None:
-                        session = made = self._create(key, shown_id or key)
+                        session = made = await self._create(key, shown_id or key)
+                        if session is None:  # its file exists (a fresh id taken, or made meanwhile)
+                            created = False
+                            session = None if fresh else await self._load_locked(key)
+                if session is None:  # a fresh id that exists already
+                    slot.request.release()
+                    self._unpin(key)
+                    return None
                 if fresh and not created:
                     slot.request.release()
                     self._unpin(key)
@@ -1189,14 +1225,28 @@ class SessionStore:
         self._dirty.add(path)
         self._wake.set()
 
-    def _create(self, key: str, session_id: str) -> _Session:
+    async def _create(self, key: str, session_id: str) -> _Session | None:
+        """A new session with its file and header; None if a file of that key exists. The file is made
+        in a thread: creating a file waits for the filesystem's journal (0.1-0.5 ms here, more while
+        the flusher fsyncs), which the event loop must not."""
         session = _Session(key, session_id, time.time())
         header = {"sorat_session": FORMAT, "id": session_id, "created_at": round(session.created_at, 3)}
+        data = _dumps(header) + b"\n"
+        made = asyncio.ensure_future(asyncio.to_thread(_create_file, self.root, key, data))
         try:
-            self._write(session, _dumps(header) + b"\n")
-        except BaseException:
-            self._discard(session)
+            fd = await asyncio.shield(made)
+        except asyncio.CancelledError:  # the file may still come: it goes again, no half-made session
+            made.add_done_callback(functools.partial(_undo_create, self.root, key))
             raise
+        except OSError as e:
+            raise self._failed(session_id, e) from e
+        if fd is None:
+            return None
+        session.fd = fd
+        session.size = len(data)
+        self._dirty.add(_paths(self.root, key)[0])
+        self._dir_dirty = True
+        self._wake.set()
         self._cache[key] = session
         return session
 
