@@ -9,7 +9,7 @@ events whatever the framing, ``DeltaNormalizer`` turns each provider's chunk dia
 
 from __future__ import annotations
 
-import secrets
+import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,12 +57,15 @@ def text_of(content: Any) -> str:
     return ""
 
 
+_ids = random.Random()  # seeded from os.urandom; response and call ids are labels, not secrets
+
+
 def new_id() -> str:
-    return "chatcmpl-" + secrets.token_hex(12)
+    return f"chatcmpl-{_ids.getrandbits(96):024x}"
 
 
 def new_call_id() -> str:
-    return "call_" + secrets.token_hex(12)
+    return f"call_{_ids.getrandbits(96):024x}"
 
 
 # --- requests ----------------------------------------------------------------------------------------
