@@ -61,6 +61,7 @@ import os
 import re
 import secrets
 import sqlite3
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -556,6 +557,36 @@ def _write_metas(root: Path, metas: dict[str, bytes], run: str) -> set[str]:
     return written
 
 
+@functools.cache
+def _syncfs() -> Callable[[int], int] | None:
+    """Linux's syncfs(2), or None: one call makes every file of the filesystem durable, where an fsync
+    per file costs a journal commit each (and its thread the GIL after each)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def _sync(root: Path, paths: Iterable[Path], directory: bool) -> None:
+    """Makes the written ``paths`` (and with ``directory``, the folder's entries) durable."""
+    syncfs = _syncfs()
+    if syncfs is not None:
+        fd = os.open(root, os.O_RDONLY)
+        try:
+            if syncfs(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    _fsync_paths(paths, root if directory else None)
+
+
 def _fsync_paths(paths: Iterable[Path], directory: Path | None) -> None:
     for path in paths:
         try:
@@ -1012,7 +1043,7 @@ class SessionStore:
         paths, self._dirty = self._dirty, set()
         directory, self._dir_dirty = self._dir_dirty, False
         if paths or directory:
-            await asyncio.to_thread(_fsync_paths, paths, self.root if directory else None)
+            await asyncio.to_thread(_sync, self.root, paths, directory)
 
     # -- the interface --------------------------------------------------------------------------------
 
