@@ -574,7 +574,7 @@ def _syncfs() -> Callable[[int], int] | None:
     return fn
 
 
-def _sync(root: Path, paths: Iterable[Path], directory: bool) -> None:
+def _sync(root: Path, paths: Iterable[str], directory: bool) -> None:
     """Makes the written ``paths`` (and with ``directory``, the folder's entries) durable."""
     syncfs = _syncfs()
     if syncfs is not None:
@@ -587,7 +587,7 @@ def _sync(root: Path, paths: Iterable[Path], directory: bool) -> None:
     _fsync_paths(paths, root if directory else None)
 
 
-def _fsync_paths(paths: Iterable[Path], directory: Path | None) -> None:
+def _fsync_paths(paths: Iterable[str], directory: Path | None) -> None:
     for path in paths:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | _O_BINARY | _O_NOFOLLOW)
@@ -952,6 +952,7 @@ class _TurnContext(contextlib.AbstractAsyncContextManager["Turn"]):
 class SessionStore:
     def __init__(self, root: Path, *, cache_size: int = 64, flush_delay: float = 0.2) -> None:
         self.root = Path(root)
+        self._dir = str(self.root)  # paths on the request path are plain strings: Path costs microseconds
         self._cache_size = cache_size
         self._flush_delay = flush_delay  # fsyncs are grouped: at most this (plus the fsync) late
         self._cache: OrderedDict[str, _Session] = OrderedDict()  # hot sessions, least recent first
@@ -961,7 +962,7 @@ class SessionStore:
         self._ready = asyncio.Event()  # listing may go on: the index is right, or its repair gave up
         self._trusted = False  # the index is complete (trusted on open, or repaired)
         self._wake = asyncio.Event()  # something to fsync
-        self._dirty: set[Path] = set()  # appended to, not yet fsynced
+        self._dirty: set[str] = set()  # appended to, not yet fsynced
         self._dir_dirty = False
         # Index rows not written yet: the flusher writes them in one transaction, and every read of the
         # index writes them first, so the index never answers with less than the files say.
@@ -1091,7 +1092,7 @@ class SessionStore:
                     session.deleted = True
                     _close_fd(session)
                 paths = _paths(self.root, key)
-                self._dirty.difference_update(paths)
+                self._dirty.difference_update(str(p) for p in paths)
                 self._rows.pop(key, None)
                 self._metas.pop(key, None)
                 existed = await self._db(_unlink_all, paths)  # after any metadata write in progress
@@ -1237,7 +1238,7 @@ class SessionStore:
         """One append, on the event loop: an os.write to an open file costs microseconds."""
         if session.deleted:
             raise RuntimeError(f"session {session.id} was deleted")
-        path = _paths(self.root, session.key)[0]
+        path = os.path.join(self._dir, session.key + ".jsonl")
         try:
             if session.fd is None:
                 session.fd = os.open(
@@ -1275,7 +1276,7 @@ class SessionStore:
             return None
         session.fd = fd
         session.size = len(data)
-        self._dirty.add(_paths(self.root, key)[0])
+        self._dirty.add(os.path.join(self._dir, key + ".jsonl"))
         self._dir_dirty = True
         self._wake.set()
         self._cache[key] = session
@@ -1290,7 +1291,7 @@ class SessionStore:
         self._rows.pop(session.key, None)
         self._metas.pop(session.key, None)
         for path in _paths(self.root, session.key):
-            self._dirty.discard(path)
+            self._dirty.discard(str(path))
             with contextlib.suppress(OSError):
                 path.unlink()
 
@@ -1348,7 +1349,7 @@ class SessionStore:
                 if key not in written:
                     self._metas.setdefault(key, data)
                     self._trusted = False  # the next start rebuilds the index from the files
-        self._dirty.update(_paths(self.root, key)[1] for key in written)
+        self._dirty.update(os.path.join(self._dir, key + ".json") for key in written)
 
     # -- cache and locks --------------------------------------------------------------------------------
 
