@@ -781,3 +781,15 @@ async def test_a_request_cancelled_while_its_file_is_made_leaves_nothing(
     assert "late" not in store._cache and await store.get("late") is None
     monkeypatch.undo()
     assert await answer(store, "late", [user("again")], "yes") == "late"  # the id is free again
+
+
+def test_metadata_is_rewritten_in_place(tmp_path: Path) -> None:
+    """One write, padded to the old length: never a truncate, never a new file (inode) per turn."""
+    path = tmp_path / "m.json"
+    sessions._rewrite(path, json.dumps({"title": "a long first title", "n": 1}).encode())
+    inode, size = path.stat().st_ino, path.stat().st_size
+    sessions._rewrite(path, json.dumps({"title": "short", "n": 2}).encode())
+    assert path.stat().st_ino == inode and path.stat().st_size == size
+    assert json.loads(path.read_bytes()) == {"title": "short", "n": 2}
+    sessions._rewrite(path, json.dumps({"title": "x" * 100, "n": 3}).encode())
+    assert json.loads(path.read_bytes()) == {"title": "x" * 100, "n": 3}
