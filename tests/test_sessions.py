@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import tempfile
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -745,42 +744,6 @@ async def test_a_deleted_session_leaves_no_late_metadata(root: Path) -> None:
         await store.flush()
         assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == []
         assert await store.get("gone") is None
-
-
-async def test_a_request_cancelled_while_its_file_is_made_leaves_nothing(
-    root: Path, store: SessionStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The file of a new session is made in a thread: a request cancelled meanwhile (its client left)
-    leaves no file, no cached session and no fd behind."""
-    started, release, made = threading.Event(), threading.Event(), threading.Event()
-    real = sessions._create_file
-
-    def slow(root: Path, key: str, header: bytes) -> int | None:
-        started.set()
-        release.wait(5)
-        try:
-            return real(root, key, header)
-        finally:
-            made.set()
-
-    monkeypatch.setattr(sessions, "_create_file", slow)
-
-    async def enter() -> None:
-        async with store.turn("late", [user("hi")], model="m"):
-            pass
-
-    task = asyncio.create_task(enter())
-    await asyncio.to_thread(started.wait, 5)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    release.set()
-    await asyncio.to_thread(made.wait, 5)  # the file exists now, until the loop runs the undo
-    await asyncio.sleep(0.05)
-    assert not (root / "late.jsonl").exists()
-    assert "late" not in store._cache and await store.get("late") is None
-    monkeypatch.undo()
-    assert await answer(store, "late", [user("again")], "yes") == "late"  # the id is free again
 
 
 def test_metadata_is_rewritten_in_place(tmp_path: Path) -> None:
