@@ -159,6 +159,9 @@ class Sorat:
         self, upstream_url: str, env_extra: dict[str, str] | None = None, tray: bool = False
     ) -> None:
         self.home = Path(tempfile.mkdtemp(prefix="sorat-bench-"))
+        # beside the home, not in it: sorat watches its home folder, and a line a request there would
+        # wake its watchers for every request
+        self.stderr = self.home.with_name(self.home.name + "-stderr.log")
         (self.home / "config.toml").write_text(
             f'[agent]\nmodel = "gpt-4o"\n\n[[providers]]\nname = "scripted"\nbase_url = "{upstream_url}"\n'
             'api_key = "sk-bench"\nmodels = ["gpt-4o"]\n'
@@ -185,7 +188,7 @@ class Sorat:
             [sys.executable, "-m", "sorat_daemon", *args],
             env=self.env,
             stdout=subprocess.DEVNULL,
-            stderr=open(self.home / "stderr.log", "ab"),  # noqa: SIM115
+            stderr=open(self.stderr, "ab"),  # noqa: SIM115
         )
         url = f"http://127.0.0.1:{8080 if self.tray else port}"
         while True:
@@ -195,7 +198,7 @@ class Sorat:
             except httpx.HTTPError:
                 pass
             if self.proc.poll() is not None:
-                raise RuntimeError((self.home / "stderr.log").read_text()[-2000:])
+                raise RuntimeError(self.stderr.read_text()[-2000:])
             time.sleep(0.005)
         took = time.perf_counter() - t0
         self.url = url
@@ -210,6 +213,7 @@ class Sorat:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.home, ignore_errors=True)
+        self.stderr.unlink(missing_ok=True)
 
 
 class LiteLLM:
