@@ -1401,7 +1401,13 @@ class SessionStore:
         excess = len(self._cache) - self._cache_size
         if excess <= 0:
             return
-        for key in [k for k in self._cache if k not in self._slots][:excess]:
+        idle = []  # the oldest first: usually the first key or two, not a pass over the whole cache
+        for key in self._cache:
+            if key not in self._slots:
+                idle.append(key)
+                if len(idle) == excess:
+                    break
+        for key in idle:
             _close_fd(self._cache.pop(key))
 
     def _check_open(self) -> None:
