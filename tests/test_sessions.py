@@ -723,6 +723,7 @@ async def test_metadata_waiting_for_the_flusher_is_what_a_reload_sees(root: Path
     """A session evicted before the flusher wrote its metadata reloads with that metadata, not the old
     file; the next open finds it written."""
     async with SessionStore(root, cache_size=1, flush_delay=60) as store:
+        await store.ready()  # the first open's index build is done: it loads no session meanwhile
         await answer(store, "a", [user("q")], "r")
         await store.set_title("a", "The Title")
         await answer(store, "b", [user("q")], "r")  # evicts "a"
@@ -738,6 +739,7 @@ async def test_metadata_waiting_for_the_flusher_is_what_a_reload_sees(root: Path
 
 async def test_a_deleted_session_leaves_no_late_metadata(root: Path) -> None:
     async with SessionStore(root, flush_delay=60) as store:
+        await store.ready()
         await answer(store, "gone", [user("q")], "r")
         await store.set_title("gone", "Title")
         assert await store.delete("gone")
