@@ -41,6 +41,27 @@ version="$("$BIN" --version)" || fail "--version exited non-zero"
 [[ "$version" == sorat\ * ]] || fail "--version printed '$version'"
 echo "build_linux.sh: $version"
 
+# A scripted provider on loopback (the test suite's), so the app makes a real model call through its bundled
+# HTTP client and writes a session.
+UP_LOG="$SMOKE_HOME/upstream.out"
+"$VENV/bin/python" -u - "$ROOT" >"$UP_LOG" 2>&1 <<'PY' &
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from tests.upstream import Upstream, text
+with Upstream(models=["smoke-model"]) as up:
+    up.default = text("packaged and answering", chunks=1)
+    print(up.base_url, flush=True)
+    while True:
+        time.sleep(3600)
+PY
+UP_PID=$!
+trap 'kill "$UP_PID" 2>/dev/null || true; cleanup' EXIT
+for _ in $(seq 1 100); do [[ -s "$UP_LOG" ]] && break; sleep 0.1; done
+UPSTREAM="$(head -1 "$UP_LOG")"
+[[ "$UPSTREAM" == http://127.0.0.1:* ]] || { cat "$UP_LOG" >&2; fail "the scripted provider did not start"; }
+printf '[agent]\nmodel = "smoke-model"\n\n[[providers]]\nname = "smoke"\nbase_url = "%s"\napi_key = "sk-smoke"\n' \
+    "$UPSTREAM" >"$SMOKE_HOME/config.toml"
+
 PORT="$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 LOG="$SMOKE_HOME/serve.out"
 env -u DISPLAY -u WAYLAND_DISPLAY SORAT_HOME="$SMOKE_HOME" "$BIN" serve --port "$PORT" >"$LOG" 2>&1 &
@@ -68,6 +89,16 @@ echo "build_linux.sh: /v1/models 200 with a model list"
 
 code="$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT/openapi.json")"
 [[ "$code" == 200 ]] || fail "/openapi.json answered $code (package data missing?)"
+
+code="$(curl -s -o "$SMOKE_HOME/chat.out" -w '%{http_code}' -H "Authorization: Bearer $TOKEN" \
+    -H 'Content-Type: application/json' -H 'X-Session-ID: smoke' \
+    -d '{"model": "sorat-agent", "stream": true, "messages": [{"role": "user", "content": "hi"}]}' \
+    "http://127.0.0.1:$PORT/v1/chat/completions")"
+[[ "$code" == 200 ]] || { cat "$SMOKE_HOME/chat.out" >&2; fail "a streamed chat answered $code"; }
+grep -q 'data: \[DONE\]' "$SMOKE_HOME/chat.out" && grep -q 'answering' "$SMOKE_HOME/chat.out" \
+    || { cat "$SMOKE_HOME/chat.out" >&2; fail "the streamed chat did not relay the provider's answer"; }
+[[ -s "$SMOKE_HOME/sessions/smoke.jsonl" ]] || fail "the chat left no session file"
+echo "build_linux.sh: a streamed chat through the scripted provider, saved as a session"
 
 kill -TERM "$PID"
 rc=0
