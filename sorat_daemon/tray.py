@@ -353,7 +353,7 @@ def _tray_host_missing(icon: Any) -> str | None:
 
 
 def _x11_icon_class(base: Any) -> Any:
-    """pystray's X11 backend with six fixes, kept here because they need its internals:
+    """pystray's X11 backend with seven fixes, kept here because they need its internals:
 
     - its window selects no ButtonPress events, so a click never reached the default action (pystray
       issue #151);
@@ -364,7 +364,8 @@ def _x11_icon_class(base: Any) -> Any:
       embedding twice and can leave the icon unmapped on the root window: dock once per tray host;
     - it stretched the icon to the slot the tray gives (often taller than wide), on black;
     - WM_NAME is Latin-1: a title with "—" or any other character raised;
-    - it set the loop thread after waking the setup thread, whose first call to the icon reads it."""
+    - it set the loop thread after waking the setup thread, whose first call to the icon reads it;
+    - showing it from the setup thread raced the loop's first drawing on the shared X connection."""
     import select
 
     from Xlib import X
@@ -381,6 +382,13 @@ def _x11_icon_class(base: Any) -> Any:
             # pystray set _thread after _mark_ready(), which wakes the setup thread, whose first call
             # to the icon reads _thread: set it first
             self._thread = threading.current_thread()
+            # Show (dock) the icon here, on the loop's thread, before the loop runs: from the setup
+            # thread, pystray sends a wake-up message and flushes the shared connection while this
+            # thread may wait for a reply to its own request in the first expose's drawing, and
+            # python-xlib can then leave that wait hanging (seen once under CI load: the loop stuck in
+            # get_geometry, the icon never drawn). The setup thread's `visible = True` is a no-op then.
+            if self._icon:
+                self.visible = True
             self._mark_ready()
             self._mainloop()
 
