@@ -365,32 +365,90 @@ def _x11_icon_class(base: Any) -> Any:
     - it stretched the icon to the slot the tray gives (often taller than wide), on black;
     - WM_NAME is Latin-1: a title with "—" or any other character raised;
     - it set the loop thread after waking the setup thread, whose first call to the icon reads it;
-    - showing it from the setup thread raced the loop's first drawing on the shared X connection."""
+    - a call from another thread (show, a new icon or title) sent a wake-up message and flushed the loop's
+      own X connection, while the loop could be waiting for a reply to a request of its own: python-xlib
+      then never woke that wait (seen in CI: the loop stuck in get_geometry or get_image, the icon never
+      drawn). Other threads now queue their call and wake the loop through a socket pair; only the
+      loop's thread touches the connection."""
+    import functools
+    import queue
     import select
 
     from Xlib import X
 
     class X11Icon(base):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._calls: queue.SimpleQueue[tuple[Callable[[], None], queue.SimpleQueue[Any]]] = (
+                queue.SimpleQueue()
+            )
+            self._wake_r, self._wake_w = socket.socketpair()
+            self._wake_r.setblocking(False)
+            self._wake_w.setblocking(False)
+            self._loop_done = False
             super().__init__(*args, **kwargs)
             self._window.change_attributes(
                 event_mask=X.ExposureMask | X.StructureNotifyMask | X.ButtonPressMask
             )
             self._display.flush()
 
+        def _rewrite_implementation(self, *originals: Callable[[], None]) -> None:
+            for original in originals:
+                setattr(self, original.__name__, self._on_loop(original))
+
+        def _on_loop(self, original: Callable[[], None]) -> Callable[[], None]:
+            """``original`` as a call that runs on the loop's thread, whichever thread makes it."""
+
+            @functools.wraps(original)
+            def call() -> None:
+                loop = getattr(self, "_thread", None)
+                if loop is None or threading.current_thread() is loop:
+                    original()  # before the loop runs, only the thread that made the icon uses it
+                    return
+                if self._loop_done:
+                    raise RuntimeError("the tray icon's loop has ended")
+                done: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
+                self._calls.put((original, done))
+                with contextlib.suppress(OSError):  # full: a wake-up is pending anyway
+                    self._wake_w.send(b"\0")
+                error = done.get()
+                if error is not None:
+                    raise error
+
+            return call
+
+        def _run_calls(self) -> None:
+            with contextlib.suppress(OSError):
+                while self._wake_r.recv(4096):
+                    pass
+            while True:
+                try:
+                    original, done = self._calls.get_nowait()
+                except queue.Empty:
+                    break
+                try:
+                    original()
+                    done.put(None)
+                except BaseException as e:  # handed to the calling thread
+                    done.put(e)
+            self._display.flush()
+
         def _run(self) -> None:
             # pystray set _thread after _mark_ready(), which wakes the setup thread, whose first call
             # to the icon reads _thread: set it first
             self._thread = threading.current_thread()
-            # Show (dock) the icon here, on the loop's thread, before the loop runs: from the setup
-            # thread, pystray sends a wake-up message and flushes the shared connection while this
-            # thread may wait for a reply to its own request in the first expose's drawing, and
-            # python-xlib can then leave that wait hanging (seen once under CI load: the loop stuck in
-            # get_geometry, the icon never drawn). The setup thread's `visible = True` is a no-op then.
-            if self._icon:
-                self.visible = True
             self._mark_ready()
-            self._mainloop()
+            try:
+                self._mainloop()
+            finally:
+                self._loop_done = True
+                while True:  # calls queued as the loop ended: their threads must not wait for ever
+                    try:
+                        _, done = self._calls.get_nowait()
+                    except queue.Empty:
+                        break
+                    done.put(RuntimeError("the tray icon's loop has ended"))
+                self._wake_r.close()
+                self._wake_w.close()
 
         def _events(self) -> Iterator[Any]:
             conn = self._display
@@ -399,7 +457,10 @@ def _x11_icon_class(base: Any) -> Any:
                 while conn.pending_events():
                     redraws = 3
                     yield conn.next_event()
-                if not select.select([conn], [], [], X11_WAKE_S)[0] and redraws and self._systray_manager:
+                readable = select.select([conn, self._wake_r], [], [], X11_WAKE_S)[0]
+                if self._wake_r in readable:
+                    self._run_calls()
+                elif not readable and redraws and self._systray_manager:
                     # a tray that maps or resizes the icon before its final size may leave it blank: the
                     # first quiet seconds after docking, and after every later event, paint it again
                     redraws -= 1
