@@ -46,7 +46,8 @@ different token (a crash, or an index deleted or restored from elsewhere) makes 
 rebuild the index from the files; listing and the hash lookup wait for it, nothing else does. A
 trusted index is still compared with the directory listing in the background (files copied in or
 removed while sorat was stopped).
-``.<name>.<run>.<random>.tmp``: a metadata write in flight; a crash's leftovers go at the next rebuild.
+``.<name>.<run>.<random>.tmp``: a replace in flight (``.clean``, or metadata of 4 KiB or more, which one write
+cannot update safely in place); a crash's leftovers go at the next rebuild.
 """
 
 from __future__ import annotations
@@ -530,14 +531,14 @@ def _create_file(root: Path, key: str, header: bytes) -> int | None:
     return fd
 
 
-def _rewrite(path: Path | str, data: bytes) -> None:
+def _rewrite(path: Path | str, data: bytes, run: str = "") -> None:
     """Replaces a small file's content in place with one write: padded with spaces (JSON ignores them)
     to at least the old length, so it never needs truncating, and a process killed at any moment leaves
     the old content or the new, never a mix (one write of less than a page is not split). A temp file and
     a rename would make a new inode and free the old one on every turn: ext4 then has to search past
     the recently freed ones for each new file, which made creating a session's file cost ~0.4 ms here."""
     if len(data) >= 4096:  # more than one page could tear: the temp file and rename
-        _write_atomic(Path(path), data, "big", sync=False)
+        _write_atomic(Path(path), data, run, sync=False)
         return
     fd = os.open(path, os.O_RDWR | os.O_CREAT | _O_BINARY | _O_NOFOLLOW, 0o600)
     try:
@@ -1343,7 +1344,7 @@ class SessionStore:
             key, data = next(iter(self._metas.items()))
             path = os.path.join(self._dir, key + ".json")
             try:
-                _rewrite(path, data)
+                _rewrite(path, data, self._run)
             except OSError as e:  # a full disk, say: it stays queued for the next flush
                 log.error("cannot save the metadata of session %s in %s: %s", key, self.root, e)
                 self._trusted = False  # the next start rebuilds the index from the files

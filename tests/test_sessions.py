@@ -758,3 +758,13 @@ def test_metadata_is_rewritten_in_place(tmp_path: Path) -> None:
     assert json.loads(path.read_bytes()) == {"title": "short", "n": 2}
     sessions._rewrite(path, json.dumps({"title": "x" * 100, "n": 3}).encode())
     assert json.loads(path.read_bytes()) == {"title": "x" * 100, "n": 3}
+
+
+def test_big_metadata_is_replaced_whole(tmp_path: Path) -> None:
+    """Past one page, one write could tear: a temp file and a rename instead."""
+    path = tmp_path / "m.json"
+    sessions._rewrite(path, json.dumps({"title": "short"}).encode(), "run1")
+    big = {"title": "t" * 5000}
+    sessions._rewrite(path, json.dumps(big).encode(), "run1")
+    assert json.loads(path.read_bytes()) == big
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
