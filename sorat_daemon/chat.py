@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from sorat_daemon import agent, wire
 from sorat_daemon.config import TOOL_EVENTS
 from sorat_daemon.errors import PayloadTooLarge, RequestError, RequestTimeout, SoratError
-from sorat_daemon.server import MAX_BODY, Guard, _access
+from sorat_daemon.server import BODY_TIMEOUT, MAX_BODY, SETTLE_LIMIT, Guard, _access
 
 if TYPE_CHECKING:
     from sorat_daemon.daemon import Runtime
@@ -30,8 +30,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("sorat.server")
 
 PATH = "/v1/chat/completions"
-BODY_TIMEOUT = 60.0  # a client that stops sending its body mid-way
-SETTLE_LIMIT = 1024 * 1024  # an early error still reads a body up to this, so the connection stays usable
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]

@@ -33,6 +33,8 @@ log = logging.getLogger("sorat.server")
 access_log = logging.getLogger("sorat.access")
 
 MAX_BODY = 16 * 1024 * 1024
+BODY_TIMEOUT = 60.0  # a client that stops sending its body mid-way
+SETTLE_LIMIT = 1024 * 1024  # an early error still reads a body up to this, so the connection stays usable
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-Session-ID, X-Sorat-Tool-Events"
 CREATED = 1700000000
@@ -131,7 +133,10 @@ def create_app(rt: Runtime) -> Quart:
 
     app = Quart("sorat_daemon")
     app.config.update(
-        MAX_CONTENT_LENGTH=MAX_BODY, RESPONSE_TIMEOUT=None, BODY_TIMEOUT=60, PROVIDE_AUTOMATIC_OPTIONS=False
+        MAX_CONTENT_LENGTH=MAX_BODY,
+        RESPONSE_TIMEOUT=None,
+        BODY_TIMEOUT=BODY_TIMEOUT,
+        PROVIDE_AUTOMATIC_OPTIONS=False,
     )
     app.runtime = rt  # type: ignore[attr-defined]
     # No redirects: "//" or a trailing slash in a session path is an error, never a 308 to another path.
@@ -168,11 +173,7 @@ def create_app(rt: Runtime) -> Quart:
     async def finish(response: Response) -> Response:
         for name, value in guard.cors(request.headers.get("Origin"), request.method):
             response.headers[name] = value
-        sid = g.get("session_id")
-        if sid:
-            response.headers["X-Session-ID"] = sid
-        if not g.get("streaming"):
-            _access(request.method, request.path, response.status_code, g.get("start"), sid)
+        _access(request.method, request.path, response.status_code, g.get("start"), None)
         return response
 
     async def settle_body(resp: Response) -> Response:
@@ -180,7 +181,7 @@ def create_app(rt: Runtime) -> Quart:
         reused; a large one is left unread and the connection closed, which the client is told."""
         length = request.content_length
         if length:
-            if length <= 1024 * 1024:
+            if length <= SETTLE_LIMIT:
                 await request.get_data(cache=False)
             else:
                 resp.headers["Connection"] = "close"
