@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from sorat_daemon.paths import write_all
+
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 MAX_BYTES = 5 * 1024 * 1024
 BACKUPS = 3
@@ -36,9 +38,7 @@ class LogFile(logging.Handler):
             elif self._size + len(data) > self.max_bytes:
                 self._rotate()
             assert self._fd is not None
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view) :]
+            write_all(self._fd, data)
             self._size += len(data)
         except Exception:
             self.handleError(record)

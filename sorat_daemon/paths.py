@@ -55,6 +55,13 @@ class Home:
             path.mkdir(parents=True, exist_ok=True)
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """``data`` to ``fd``, however many writes the OS takes."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def create_once(path: Path, text: str) -> bool:
     """Write ``text`` to ``path`` unless the file exists (a template never overwrites the user's file)."""
     try:

@@ -77,6 +77,7 @@ from typing import Any, TypeVar
 import orjson
 
 from . import errors
+from .paths import write_all
 from .types import Message
 from .wire import text_of
 
@@ -499,7 +500,7 @@ def _write_atomic(path: Path, data: bytes, run: str, *, sync: bool = True) -> No
     tmp = path.with_name(f".{path.name}.{run}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY | _O_NOFOLLOW, 0o600)
     try:
-        _write_all(fd, data)
+        write_all(fd, data)
         if sync:
             os.fsync(fd)
     except BaseException:
@@ -523,7 +524,7 @@ def _create_file(root: Path, key: str, header: bytes) -> int | None:
     except FileExistsError:
         return None
     try:
-        _write_all(fd, header)
+        write_all(fd, header)
     except BaseException:
         os.close(fd)
         path.unlink(missing_ok=True)
@@ -554,12 +555,6 @@ def _rewrite(path: Path | str, data: bytes, run: str = "") -> None:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
     finally:
         os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 @functools.cache
@@ -1098,7 +1093,7 @@ class SessionStore:
                 self._dirty.difference_update(str(p) for p in paths)
                 self._rows.pop(key, None)
                 self._metas.pop(key, None)
-                existed = await self._db(_unlink_all, paths)  # after any metadata write in progress
+                existed = await asyncio.to_thread(_unlink_all, paths)
                 await self._db(self._index.delete, key)
                 return existed
 
@@ -1139,22 +1134,19 @@ class SessionStore:
             made: _Session | None = None  # created here: removed again if the turn cannot start
             try:
                 async with slot.load:
-                    # a new id is not looked for first: creating its file exclusively tells
-                    session = None if fresh and key not in self._cache else await self._load_locked(key)
-                    created = session is None
-                    if session is None:
-                        session = made = self._create(key, shown_id or key)
-                        if session is None:  # its file exists (a fresh id taken, or made meanwhile)
-                            created = False
-                            session = None if fresh else await self._load_locked(key)
-                if session is None:  # a fresh id that exists already
+                    if fresh:  # a new id is not looked up first: creating its file exclusively tells
+                        session = made = None if key in self._cache else self._create(key, shown_id or key)
+                    else:
+                        session = await self._load_locked(key)
+                        if session is None:
+                            session = made = self._create(key, shown_id or key)
+                            if session is None:  # its file was made meanwhile
+                                session = await self._load_locked(key)
+                if session is None:  # a fresh id that is taken
                     slot.request.release()
                     self._unpin(key)
                     return None
-                if fresh and not created:
-                    slot.request.release()
-                    self._unpin(key)
-                    return None
+                created = made is not None
                 turn = self._begin(session, shown_id or session.id, created, messages, model)
                 if created:  # listed at once; the metadata file follows at the turn's end
                     await self._save(session, slot, file=False)
@@ -1249,7 +1241,7 @@ class SessionStore:
                 )
                 self._dir_dirty = True
             try:
-                _write_all(session.fd, data)
+                write_all(session.fd, data)
             except OSError:
                 with contextlib.suppress(OSError):
                     os.ftruncate(session.fd, session.size)  # no half line for the next append to follow
