@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,11 +29,13 @@ Recorder = Callable[..., Awaitable[None]]
 @dataclass(slots=True)
 class Text:
     text: str
+    round: int = 0  # the model call it came from: 0, 1, 2… (a tool round in between)
 
 
 @dataclass(slots=True)
 class Reasoning:
     text: str
+    round: int = 0
 
 
 @dataclass(slots=True)
@@ -44,6 +48,17 @@ class ToolCall:
 
 
 @dataclass(slots=True)
+class ToolResult:
+    """An internal tool call finished: what the model reads of it."""
+
+    id: str
+    name: str
+    arguments: str
+    output: str
+    duration_ms: float
+
+
+@dataclass(slots=True)
 class KeepAlive:
     """Tools are still running; nothing to say yet."""
 
@@ -53,9 +68,10 @@ class Done:
     finish_reason: str  # stop | length | content_filter | tool_calls (client-declared tools only)
     usage: JSON | None
     message: Message  # what the client gets as choices[0].message in a whole answer
+    last_usage: JSON | None = None  # the last model call's own usage: its prompt is what the context holds
 
 
-Event = Text | Reasoning | ToolCall | KeepAlive | Done
+Event = Text | Reasoning | ToolCall | ToolResult | KeepAlive | Done
 
 
 @dataclass(slots=True)
@@ -116,7 +132,8 @@ async def run(
         try:
             while True:
                 try:
-                    async with contextlib.aclosing(_call_model(model, call, opts.stream, r)) as events:
+                    calling = _call_model(model, call, opts.stream, r, rounds)
+                    async with contextlib.aclosing(calling) as events:
                         async for event in events:
                             yield event
                     break
@@ -145,7 +162,7 @@ async def run(
             whole: Message = {"role": "assistant", "content": "".join(said)}
             if reasoning_said:
                 whole["reasoning_content"] = "".join(reasoning_said)
-            yield Done("stop" if finish == "tool_calls" else finish, usage, whole)
+            yield Done("stop" if finish == "tool_calls" else finish, usage, whole, r.usage)
             return
 
         assistant: Message = {"role": "assistant", "content": content or None, "tool_calls": calls}
@@ -167,7 +184,7 @@ async def run(
 
         if client:
             whole = {"role": "assistant", "content": "".join(said) or None, "tool_calls": client}
-            yield Done("tool_calls", usage, whole)
+            yield Done("tool_calls", usage, whole, r.usage)
             return
         rounds += 1
 
@@ -185,7 +202,7 @@ class _Round:
 
 
 async def _call_model(
-    model: ModelClient, call: ModelCall, stream: bool, r: _Round
+    model: ModelClient, call: ModelCall, stream: bool, r: _Round, n: int
 ) -> AsyncGenerator[Event, None]:
     if not stream:
         result = await model.complete(call)
@@ -193,10 +210,10 @@ async def _call_model(
         msg = result.message
         if msg.get("content"):
             r.text.append(msg["content"])
-            yield Text(msg["content"])
+            yield Text(msg["content"], n)
         if msg.get("reasoning_content"):
             r.reasoning.append(msg["reasoning_content"])
-            yield Reasoning(msg["reasoning_content"])
+            yield Reasoning(msg["reasoning_content"], n)
         if msg.get("tool_calls"):
             r.acc.add(_as_deltas(msg["tool_calls"]))
         r.finish, r.usage = result.finish_reason, result.usage
@@ -206,10 +223,10 @@ async def _call_model(
             r.answered = True
             if d.content:
                 r.text.append(d.content)
-                yield Text(d.content)
+                yield Text(d.content, n)
             if d.reasoning:
                 r.reasoning.append(d.reasoning)
-                yield Reasoning(d.reasoning)
+                yield Reasoning(d.reasoning, n)
             if d.tool_calls:
                 r.acc.add(d.tool_calls)
             if d.finish_reason:
@@ -227,16 +244,23 @@ def _as_deltas(tool_calls: list[JSON]) -> list[ToolCallDelta]:
     return out
 
 
+def _stamp(ended: dict[int, float], i: int, _task: object) -> None:
+    ended[i] = time.monotonic()
+
+
 async def _run_tools(
     toolset: Toolset, ctx: ToolContext, calls: list[JSON], messages: list[Message], record: Recorder
 ) -> AsyncIterator[Event]:
     """Run one round's internal calls concurrently; results go to the conversation in call order."""
     if not calls:
         return
-    tasks = [
-        asyncio.ensure_future(toolset.call(c["function"]["name"], c["function"]["arguments"], ctx))
-        for c in calls
-    ]
+    started = time.monotonic()
+    ended: dict[int, float] = {}
+    tasks = []
+    for i, c in enumerate(calls):
+        task = asyncio.ensure_future(toolset.call(c["function"]["name"], c["function"]["arguments"], ctx))
+        task.add_done_callback(functools.partial(_stamp, ended, i))
+        tasks.append(task)
     try:
         pending = set(tasks)
         while pending:
@@ -249,7 +273,11 @@ async def _run_tools(
             t.cancel()  # the client went away: stop the tools (and their processes) before leaving
         if unfinished:
             await asyncio.wait(unfinished, timeout=5)
-    for c, t in zip(calls, tasks, strict=True):
-        result = {"role": "tool", "tool_call_id": c["id"], "content": t.result()}
+    for i, (c, t) in enumerate(zip(calls, tasks, strict=True)):
+        output = t.result()
+        result = {"role": "tool", "tool_call_id": c["id"], "content": output}
         await record(result, visible=None)
         messages.append(result)
+        fn = c["function"]
+        ms = (ended.get(i, started) - started) * 1000
+        yield ToolResult(c["id"], fn["name"], fn["arguments"], output, ms)

@@ -14,12 +14,12 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-from sorat_daemon import config, tokens, wire
+from sorat_daemon import config
 from sorat_daemon.paths import Home
+from sorat_daemon.runtime import Runtime
 from sorat_daemon.state import StateHub
-from sorat_daemon.types import Message, ModelCall
 
 log = logging.getLogger("sorat.daemon")
 
@@ -29,89 +29,6 @@ SWITCH_INTERVAL = 0.0005
 
 class StartError(Exception):
     """The daemon cannot start; ``str()`` is the one line for the user."""
-
-
-class Runtime:
-    """The long-lived resources of a running daemon, shared by every request."""
-
-    def __init__(self, home: Home, settings: config.Settings, state: StateHub) -> None:
-        from sorat_daemon.providers import ProviderPool
-        from sorat_daemon.sessions import SessionStore
-        from sorat_daemon.titles import Activity, TitleWorker
-        from sorat_daemon.tools.manager import ToolManager
-
-        self.home = home
-        self.settings = settings
-        self.agent_settings = settings.agent
-        self.state = state
-        self.active_model = settings.agent.model
-        self.token = tokens.load_or_create(home.token)
-        self.pool = ProviderPool(settings, on_status=lambda msg: state.update(provider_error=msg))
-        self.store = SessionStore(home.sessions)
-        secret_names = {p.api_key_env for p in settings.providers if p.api_key_env}
-        self.tools = ToolManager(home, state, secret_env_names=secret_names)
-        self.activity = Activity()  # answers in flight: titles give way to them
-        self.titles = TitleWorker(self.store, self._generate_title, activity=self.activity)
-        self._watch: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        await self.store.open()
-        await self.pool.start()
-        await self.tools.start()
-        await self.titles.start()
-        self._watch = asyncio.create_task(self._watch_files())
-        self.state.update(model=self.active_model, no_provider=self.pool.no_provider())
-
-    async def aclose(self) -> None:
-        if self._watch:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
-        await self.titles.aclose()
-        await self.tools.aclose()
-        await self.pool.aclose()
-        await self.store.close()
-
-    def tool_context(self, session_id: str | None) -> Any:
-        from sorat_daemon.tools.registry import ToolContext
-
-        return ToolContext(home=self.home, session_id=session_id)
-
-    def set_active_model(self, model: str) -> None:
-        if model != self.active_model:
-            log.info("active model: %s", model)
-            self.active_model = model
-            self.state.update(model=model)
-
-    def after_answer(self, turn: Any, model: str, answer: Message) -> None:
-        """A title for a new session, asked in the background once its first answer exists."""
-        if turn.needs_title:
-            self.titles.submit(turn.id, [*turn.messages, answer])
-
-    async def _generate_title(self, messages: list[Message]) -> str:
-        provider, model = self.pool.resolve(None, self.active_model)
-        result = await provider.complete(ModelCall(model=model, messages=messages))
-        return wire.text_of(result.message.get("content"))
-
-    async def _watch_files(self) -> None:
-        """Apply a new token or a new active model from disk: the CLI, the tray and hand edits alike."""
-        import watchfiles
-
-        names = {self.home.config.name, self.home.token.name}
-
-        def wanted(change: Any, path: str) -> bool:
-            return Path(path).name in names
-
-        async for _ in watchfiles.awatch(
-            self.home.root, watch_filter=wanted, debounce=100, step=50, recursive=False
-        ):
-            token = tokens.read(self.home.token)
-            if token and token != self.token:
-                log.info("bearer token changed on disk; the old one no longer works")
-                self.token = token
-            model = config.read_active_model(self.home.config)
-            if model:
-                self.set_active_model(model)
 
 
 class InstanceLock:
@@ -245,7 +162,7 @@ class Daemon:
         from hypercorn.asyncio import serve
         from hypercorn.config import Config
 
-        from sorat_daemon.server import create_app
+        from sorat_daemon.http.app import create_app
 
         self._loop = asyncio.get_running_loop()
         self._shutdown = asyncio.Event()
@@ -254,8 +171,10 @@ class Daemon:
         try:
             sock = bind(self.settings.server.host, self.settings.server.port)
             url = url_of(sock)
+            port = sock.getsockname()[1]
             config.write_template(self.home.config)
             rt = Runtime(self.home, self.settings, self.state)
+            rt.port = port
             self.runtime = rt
             await rt.start()
             app = create_app(rt)

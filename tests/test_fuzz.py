@@ -358,8 +358,7 @@ def test_openapi_describes_every_route(fuzzed: DaemonProc) -> None:
     """The served document is the packaged one, and it has every route the app has."""
     import httpx
 
-    from sorat_daemon import chat
-    from sorat_daemon.server import create_app
+    from sorat_daemon.http.app import create_app
 
     assert httpx.get(fuzzed.url + "/openapi.json").status_code == 401  # behind the token
     served = httpx.get(fuzzed.url + "/openapi.json", headers=fuzzed.headers()).json()
@@ -367,14 +366,16 @@ def test_openapi_describes_every_route(fuzzed: DaemonProc) -> None:
     assert served == {**packaged, "info": {**packaged["info"], "version": sorat_daemon.__version__}}
 
     server = SimpleNamespace(allowed_hosts=(), allowed_origins=())
-    app = create_app(SimpleNamespace(settings=SimpleNamespace(server=server)))  # type: ignore[arg-type]
+    rt = SimpleNamespace(settings=SimpleNamespace(server=server), activity=None)
+    app = create_app(rt)  # type: ignore[arg-type]
     routes = {
         (re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), method)
         for rule in app.url_map.iter_rules()
         for method in rule.methods or ()
         if method not in ("HEAD", "OPTIONS") and rule.endpoint != "static"
     }
-    routes.add((chat.PATH, "POST"))  # served in front of Quart (sorat_daemon/chat.py)
+    # the protocol endpoints, served in front of Quart (sorat_daemon/http/endpoint.py)
+    routes |= {(path, m) for path, e in app.endpoints.items() for m in e.methods}  # type: ignore[attr-defined]
     documented = {
         (path, method.upper())
         for path, ops in served["paths"].items()
