@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from sorat_daemon import agent, wire
 from sorat_daemon.config import TOOL_EVENTS
 from sorat_daemon.errors import PayloadTooLarge, RequestError, RequestTimeout, SoratError
+from sorat_daemon.protocols import chat as protocol
 from sorat_daemon.server import BODY_TIMEOUT, MAX_BODY, SETTLE_LIMIT, Guard, _access
 
 if TYPE_CHECKING:
@@ -145,7 +146,7 @@ class ChatEndpoint:
         self, body: bytes, session_header: str | None, events_header: str | None, reply: _Reply
     ) -> None:
         rt = self._rt
-        req = wire.parse_chat_request(body)
+        req = protocol.parse_chat_request(body)
         events_mode = (events_header or rt.agent_settings.tool_events).strip().lower()
         if events_mode not in TOOL_EVENTS:  # the same choices as [agent] tool_events
             raise RequestError(
@@ -175,8 +176,13 @@ class ChatEndpoint:
                 finally:
                     await stack.aclose()
                 rt.after_answer(turn, model, done.message)
-                completion = wire.completion(
-                    wire.new_id(), int(time.time()), model, dict(done.message), done.finish_reason, done.usage
+                completion = protocol.completion(
+                    protocol.new_id(),
+                    int(time.time()),
+                    model,
+                    dict(done.message),
+                    done.finish_reason,
+                    done.usage,
                 )
                 await reply.json(200, wire.dumps(completion))
                 return
@@ -288,13 +294,13 @@ async def _frames(
     stack: contextlib.AsyncExitStack,
     turn: Any,
     model: str,
-    req: wire.ChatRequest,
+    req: protocol.ChatRequest,
     mode: str,
     start: float,
 ) -> AsyncGenerator[bytes, None]:
     """The SSE frames of a streamed answer: what the agent's events say, batched per wake-up. The turn
     ends (the session is saved) before ``[DONE]``."""
-    w = wire.ChunkWriter(wire.new_id(), int(time.time()), model)
+    w = protocol.ChunkWriter(protocol.new_id(), int(time.time()), model)
     index = 0  # tool-call index, rising across the whole response
     if req.tools and mode == "tool_calls":
         mode = "reasoning"  # a client must never mistake our internal calls for its own
@@ -317,7 +323,7 @@ async def _frames(
                 elif mode == "reasoning":
                     out.append(w.reasoning(f"{ev.name} {ev.arguments}\n"))
             elif isinstance(ev, agent.KeepAlive):
-                out.append(wire.KEEPALIVE)
+                out.append(protocol.KEEPALIVE)
             elif isinstance(ev, agent.Done):
                 for call in ev.message.get("tool_calls") or ():
                     fn = call["function"]
@@ -350,5 +356,5 @@ async def _frames(
             await events.aclose()
         await stack.aclose()
         _access("POST", PATH, 200, start, turn.id, f" stream={status}")
-    out.append(wire.DONE)
+    out.append(protocol.DONE)
     yield b"".join(out)
