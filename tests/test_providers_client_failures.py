@@ -273,6 +273,35 @@ async def test_retries_are_bounded(up: Upstream, client: Http) -> None:
     assert len(up.requests) == 3 and up.pending == 1
 
 
+@pytest.mark.parametrize("mode", ["complete", "stream"])
+async def test_a_rate_limit_that_outlasts_the_retries(up: Upstream, client: Http, mode: str) -> None:
+    limited = error(429, "Rate limit reached for requests", headers={"Retry-After": "7"})
+    up.script(*[limited] * 3, text("too late"))
+    p = provider(up.base_url, client, retry_after_cap=0.01)
+    with pytest.raises(errors.RateLimited) as info:
+        if mode == "complete":
+            await p.complete(CALL)
+        else:
+            await collect(p)
+    e = info.value
+    assert (e.status, e.type, e.code, e.retry_after) == (429, "rate_limit_error", "rate_limit_exceeded", 7.0)
+    assert isinstance(e, errors.ProviderError)
+    assert "'scripted'" in e.message and "HTTP 429" in e.message and "Rate limit reached" in e.message
+    assert e.body()["error"]["type"] == "rate_limit_error"
+    assert len(up.requests) == 3 and up.pending == 1
+
+
+async def test_a_rate_limit_without_retry_after(up: Upstream, client: Http) -> None:
+    up.script(*[error(429, "slow down")] * 3)
+    with pytest.raises(errors.RateLimited) as info:
+        await provider(up.base_url, client).complete(CALL)
+    assert info.value.retry_after is None and len(up.requests) == 3
+    up.script(error(429, "slow down", headers={"Retry-After-Ms": "1500"}))
+    with pytest.raises(errors.RateLimited) as info:
+        await provider(up.base_url, client, attempts=1).complete(CALL)
+    assert info.value.retry_after == 1.5
+
+
 async def test_connection_refused(client: Http) -> None:
     url = f"http://127.0.0.1:{closed_port()}/v1"
     with pytest.raises(errors.ProviderError) as info:

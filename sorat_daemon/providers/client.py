@@ -6,12 +6,13 @@ means is ``normalize``'s and ``completion``'s; this module does the requests, th
 
 Failures, as the client sees them (the provider's own message is carried, its key never):
 
-    connection error, 429, 5xx      retried (``attempts`` in all, exponential backoff with jitter,
+    connection error, 408, 429, 5xx retried (``attempts`` in all, exponential backoff with jitter,
                                     ``Retry-After`` honoured up to ``retry_after_cap``), only before
                                     the answer's body is read, so never after a Delta was yielded
     400 404 422 (other 4xx)         ProviderRejected (400), ContextWindowExceeded when the prompt is too long
     401 403                         ProviderError (502): the provider rejected the API key
-    429 5xx after retries           ProviderError (502)
+    429 after retries               RateLimited (429), its ``retry_after`` the provider's last Retry-After
+    408 5xx after retries           ProviderError (502)
     cannot connect                  ProviderError (502) naming the provider and its URL;
                                     NoProvider (503) for a guessed local Ollama (``probe``)
     silent for read_timeout         ProviderTimeout (504); SSE comments are bytes, so they reset it
@@ -143,7 +144,7 @@ class Provider:
         except _NET_ERRORS as e:
             raise self._connect_error(e) from None
         if not 200 <= response.status < 300:
-            raise self._status_error(response.status, raw)
+            raise self._status_error(response.status, raw, retry_after(response.headers))
         try:
             data = wire.loads(raw).get("data")
             return [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
@@ -213,10 +214,11 @@ class Provider:
                     self._stream_options = False
                     body.pop("stream_options", None)
                     continue
-                failure = self._status_error(status, raw)
-                if status not in (408, 429) and status < 500:
+                retryable = status in (408, 429) or status >= 500
+                wait = retry_after(response.headers) if retryable else None
+                failure = self._status_error(status, raw, wait)
+                if not retryable:
                     raise failure
-                wait = retry_after(response.headers)
             attempt += 1
             if attempt >= self._attempts:
                 raise failure
@@ -328,7 +330,8 @@ class Provider:
             f"Cannot connect to the provider {self.name!r} at {self.base_url}: {detail}"
         )
 
-    def _status_error(self, status: int, raw: bytes) -> errors.ProviderError:
+    def _status_error(self, status: int, raw: bytes, wait: float | None = None) -> errors.ProviderError:
+        """The error for a provider's non-2xx answer; ``wait`` is its Retry-After, for a 429."""
         message, kind, code, param = error_fields(raw)
         if status in (401, 403):
             if not self.settings.api_key:
@@ -338,7 +341,11 @@ class Provider:
             e = errors.ProviderError(
                 f"The provider {self.name!r} rejected the API key (HTTP {status}): {message}; {hint}"
             )
-        elif status in (408, 429) or status >= 500:
+        elif status == 429:
+            e = errors.RateLimited(
+                f"The provider {self.name!r} rate-limited the request (HTTP 429): {message}", retry_after=wait
+            )
+        elif status == 408 or status >= 500:
             e = errors.ProviderError(f"The provider {self.name!r} failed (HTTP {status}): {message}")
         elif is_context_window(message, kind, code):
             e = errors.ContextWindowExceeded(message, code="context_length_exceeded")
