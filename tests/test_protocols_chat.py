@@ -43,6 +43,7 @@ def test_parse_full_request() -> None:
             parallel_tool_calls=False,
             n=1,
             logprobs=True,
+            top_logprobs=3,
             store=True,
             metadata={"a": "b"},
         )
@@ -61,6 +62,8 @@ def test_parse_full_request() -> None:
         "response_format": {"type": "json_object"},
         "user": "u1",
         "parallel_tool_calls": False,
+        "logprobs": True,
+        "top_logprobs": 3,
     }
 
 
@@ -199,3 +202,25 @@ def test_completion() -> None:
         == ""
     )
     assert chat.new_id().startswith("chatcmpl-") and chat.new_id() != chat.new_id()
+
+
+LOGPROBS = {
+    "content": [{"token": "hi", "logprob": -0.1, "bytes": [104, 105], "top_logprobs": []}],
+    "refusal": None,
+}
+
+
+def test_logprobs_pass_through_and_come_back() -> None:
+    req = chat.parse_chat_request(body(logprobs=True, top_logprobs=2))
+    assert req.params == {"logprobs": True, "top_logprobs": 2}
+    assert chat.parse_chat_request(body(logprobs=None)).params == {}
+    w = chat.ChunkWriter("chatcmpl-1", 1, "m")
+    with_lp = frame_json(w.content("hi", LOGPROBS))
+    assert with_lp["choices"] == [
+        {"index": 0, "delta": {"content": "hi"}, "logprobs": LOGPROBS, "finish_reason": None}
+    ]
+    assert w.content("hi", None) == w.content("hi")  # the fast path, unchanged
+    assert frame_json(w.content("hi"))["choices"][0]["logprobs"] is None
+    msg = {"role": "assistant", "content": "hi"}
+    assert chat.completion("i", 1, "m", msg, "stop", None, LOGPROBS)["choices"][0]["logprobs"] == LOGPROBS
+    assert chat.completion("i", 1, "m", msg, "stop", None)["choices"][0]["logprobs"] is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import orjson
 import pytest
@@ -217,6 +218,36 @@ async def test_provider_ignoring_stream_true(up: Upstream, client: Http) -> None
     }
     up.script(raw(orjson.dumps(whole), content_type="application/json"))
     assert summary(await collect(provider(up.base_url, client))) == ("whole", "r", [], "stop", USAGE)
+
+
+def logprobs(token: str) -> dict[str, Any]:
+    return {"content": [{"token": token, "logprob": -0.5, "bytes": list(token.encode()), "top_logprobs": []}]}
+
+
+async def test_logprobs_are_relayed_with_their_tokens(up: Upstream, client: Http) -> None:
+    def frame(delta: dict[str, Any], lp: Any = None, finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}
+        return b"data: " + orjson.dumps({"id": "x", "choices": [choice]}) + b"\n\n"
+
+    stream = [
+        frame({"role": "assistant", "content": ""}),
+        frame({"content": "Hi"}, logprobs("Hi")),
+        frame({"content": "!"}, logprobs("!")),
+        frame({}, None, "stop"),
+        b"data: [DONE]\n\n",
+    ]
+    up.script(raw(b"".join(stream)))  # one read: its deltas are merged, but never across logprobs
+    deltas = await collect(provider(up.base_url, client))
+    assert deltas == [
+        Delta("Hi", logprobs=logprobs("Hi")),
+        Delta("!", logprobs=logprobs("!")),
+        Delta(finish_reason="stop"),
+    ]
+    whole = {"choices": [{"message": {"content": "Hi"}, "logprobs": logprobs("Hi"), "finish_reason": "stop"}]}
+    up.script(raw(orjson.dumps(whole), content_type="application/json"))
+    assert (await provider(up.base_url, client).complete(CALL)).logprobs == logprobs("Hi")
+    up.script(raw(orjson.dumps(whole), content_type="application/json"))  # stream=true ignored
+    assert (await collect(provider(up.base_url, client)))[0] == Delta("Hi", logprobs=logprobs("Hi"))
 
 
 async def test_empty_answer_with_finish_is_fine(up: Upstream, client: Http) -> None:

@@ -105,3 +105,26 @@ def test_coalesce_merges_only_neighbouring_text_of_one_kind() -> None:
         Delta(content="f", finish_reason="stop"),
         Delta(usage={"total_tokens": 1}),
     ]
+
+
+LOGPROBS = {"content": [{"token": "x", "logprob": -1.0, "bytes": [120], "top_logprobs": []}]}
+
+
+def test_parse_completion_keeps_logprobs() -> None:
+    choice: dict[str, Any] = {"message": {"content": "x"}, "finish_reason": "stop", "logprobs": LOGPROBS}
+    assert parse_completion({"choices": [choice]}).logprobs == LOGPROBS
+    choice["logprobs"] = None
+    assert parse_completion({"choices": [choice]}).logprobs is None
+    del choice["logprobs"]
+    assert parse_completion({"choices": [choice]}).logprobs is None
+
+
+def test_coalesce_keeps_each_delta_with_logprobs_apart() -> None:
+    lp = LOGPROBS
+    deltas = [Delta("a"), Delta("b", logprobs=lp), Delta("c", logprobs=lp), Delta("d"), Delta("e")]
+    assert coalesce(deltas) == [
+        Delta("a"),
+        Delta("b", logprobs=LOGPROBS),
+        Delta("c", logprobs=LOGPROBS),
+        Delta("de"),
+    ]

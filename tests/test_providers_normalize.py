@@ -239,3 +239,41 @@ def test_decoder_and_normalizer_are_fast() -> None:
     elapsed = time.perf_counter() - start
     assert n == 30_000
     assert elapsed < 1.0, f"{30_000 / elapsed:.0f} chunks/s"
+
+
+LOGPROBS = {
+    "content": [{"token": "Hi", "logprob": -0.25, "bytes": [72, 105], "top_logprobs": []}],
+    "refusal": None,
+}
+
+
+def lp_chunk(delta: dict[str, Any] | None, logprobs: Any, finish: str | None = None) -> dict[str, Any]:
+    c = chunk(delta, finish)
+    c["choices"][0]["logprobs"] = logprobs
+    return c
+
+
+def test_logprobs_ride_on_their_delta() -> None:
+    n = DeltaNormalizer()
+    assert n.feed(lp_chunk({"content": "Hi"}, LOGPROBS)) == Delta("Hi", logprobs=LOGPROBS)
+    assert n.feed(lp_chunk({"content": "!"}, None)) == Delta("!")  # OpenAI's null on every chunk
+    empty = {"content": None, "refusal": None}
+    assert n.feed(lp_chunk({"content": "?"}, empty)) == Delta("?")  # says nothing
+    assert n.feed(lp_chunk({"content": "x"}, [1])) == Delta("x")  # not an object
+    deep: Any = []
+    for _ in range(300):
+        deep = [deep]
+    assert n.feed(lp_chunk({"content": "y"}, {"content": deep})) == Delta("y")  # could not be sent on
+    call = {"index": 0, "id": "c1", "function": {"name": "f", "arguments": "{}"}}
+    d = n.feed(lp_chunk({"tool_calls": [call]}, LOGPROBS))
+    assert d is not None and d.tool_calls and d.logprobs == LOGPROBS
+    assert n.final().logprobs is None
+
+
+def test_logprobs_of_a_token_without_text_are_kept() -> None:
+    n = DeltaNormalizer()
+    # half a UTF-8 character: no text yet, but the token had its logprobs
+    assert n.feed(lp_chunk({"content": ""}, LOGPROBS)) == Delta(logprobs=LOGPROBS)
+    assert n.feed(lp_chunk(None, LOGPROBS)) == Delta(logprobs=LOGPROBS)
+    assert not n.produced  # logprobs alone are not an answer
+    assert n.feed(lp_chunk({}, None, "stop")) is None

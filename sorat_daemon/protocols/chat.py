@@ -30,6 +30,8 @@ PASSTHROUGH = (
     "parallel_tool_calls",
     "logit_bias",
     "reasoning_effort",
+    "logprobs",
+    "top_logprobs",
 )
 DONE = b"data: [DONE]\n\n"
 KEEPALIVE = b": keep-alive\n\n"
@@ -175,8 +177,18 @@ class ChunkWriter:
     def role(self) -> bytes:
         return self._head + b'{"role":"assistant","content":""}' + _TAIL
 
-    def content(self, text: str) -> bytes:
-        return self._head + b'{"content":' + orjson.dumps(text) + b"}" + _TAIL
+    def content(self, text: str, logprobs: JSON | None = None) -> bytes:
+        """A content delta; ``logprobs`` (the provider's ``choices[0].logprobs``) goes beside it."""
+        if logprobs is None:
+            return self._head + b'{"content":' + orjson.dumps(text) + b"}" + _TAIL
+        return (
+            self._head
+            + b'{"content":'
+            + orjson.dumps(text)
+            + b'},"logprobs":'
+            + orjson.dumps(logprobs)
+            + b',"finish_reason":null}]}\n\n'
+        )
 
     def reasoning(self, text: str) -> bytes:
         return self._head + b'{"reasoning_content":' + orjson.dumps(text) + b"}" + _TAIL
@@ -201,9 +213,16 @@ class ChunkWriter:
 
 
 def completion(
-    id: str, created: int, model: str, message: Message, finish_reason: str, usage: JSON | None
+    id: str,
+    created: int,
+    model: str,
+    message: Message,
+    finish_reason: str,
+    usage: JSON | None,
+    logprobs: JSON | None = None,
 ) -> JSON:
-    """A whole ``chat.completion``; ``message`` may carry reasoning_content and tool_calls."""
+    """A whole ``chat.completion``; ``message`` may carry reasoning_content and tool_calls, ``logprobs``
+    becomes ``choices[0].logprobs``."""
     calls = message.get("tool_calls")
     content = message.get("content")
     msg: JSON = {"role": "assistant", "content": content if content or calls else (content or "")}
@@ -216,6 +235,6 @@ def completion(
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "message": msg, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [{"index": 0, "message": msg, "logprobs": logprobs, "finish_reason": finish_reason}],
         "usage": usage if usage is not None else wire.add_usage(None, None),
     }

@@ -244,7 +244,8 @@ class Provider:
                 for i, c in enumerate(calls)
             ]
             if msg.get("content") or msg.get("reasoning_content") or deltas:
-                yield Delta(msg.get("content") or None, msg.get("reasoning_content"), deltas or None)
+                content, reasoning = msg.get("content") or None, msg.get("reasoning_content")
+                yield Delta(content, reasoning, deltas or None, logprobs=result.logprobs)
             yield Delta(finish_reason=result.finish_reason, usage=result.usage)
             return
         decoder = SSEDecoder()

@@ -13,6 +13,7 @@ import orjson
 
 from sorat_daemon import errors
 from sorat_daemon.providers.normalize import (
+    logprobs_of,
     map_finish,
     normalize_usage,
     provider_failure,
@@ -43,7 +44,8 @@ def _tool_call_dict(call: Any) -> JSON | None:
 
 def parse_completion(obj: Any, source: str = "The provider") -> ModelResult:
     """A provider's whole chat.completion → ModelResult, its message normalised (reasoning in
-    ``reasoning_content``, tool calls complete with ids); raises for an error body or a missing answer."""
+    ``reasoning_content``, tool calls complete with ids, logprobs kept); raises for an error body or a
+    missing answer."""
     if not isinstance(obj, dict):
         raise errors.ProviderError(f"{source} answered with JSON that is not a chat completion")
     if obj.get("error"):
@@ -74,18 +76,19 @@ def parse_completion(obj: Any, source: str = "The provider") -> ModelResult:
     usage = normalize_usage(obj.get("usage"))
     if usage is None and isinstance(obj.get("x_groq"), dict):
         usage = normalize_usage(obj["x_groq"].get("usage"))
-    return ModelResult(message, finish, usage)
+    logprobs = logprobs_of(choice.get("logprobs"))  # type: ignore[union-attr]
+    return ModelResult(message, finish, usage, logprobs)
 
 
 def coalesce(deltas: Iterable[Delta | None]) -> list[Delta]:
     """Merge neighbouring deltas that carry only text of the same kind (content, or reasoning), keeping
-    their order; anything else (tool calls, finish, usage) stays a delta of its own."""
+    their order; anything else (tool calls, finish, usage, logprobs) stays a delta of its own."""
     out: list[Delta] = []
     last: Delta | None = None
     for d in deltas:
         if d is None:
             continue
-        plain = d.tool_calls is None and d.finish_reason is None and d.usage is None
+        plain = d.tool_calls is None and d.finish_reason is None and d.usage is None and d.logprobs is None
         if plain and last is not None:
             if (
                 d.reasoning is None

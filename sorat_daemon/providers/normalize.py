@@ -1,8 +1,9 @@
 """Each provider's dialect → sorat's terms (UPSTREAMS.md's checklist, items 1-20). Pure: no I/O.
 
-``DeltaNormalizer`` turns one stream's chunks into ``types.Delta``s. ``map_finish``, ``normalize_usage``
-and ``reasoning_of`` read finish reasons, usages and reasoning wherever a provider puts them;
-``provider_failure``, ``error_fields``, ``error_text`` and ``is_context_window`` read its errors.
+``DeltaNormalizer`` turns one stream's chunks into ``types.Delta``s. ``map_finish``, ``normalize_usage``,
+``reasoning_of`` and ``logprobs_of`` read finish reasons, usages, reasoning and logprobs wherever a
+provider puts them; ``provider_failure``, ``error_fields``, ``error_text`` and ``is_context_window`` read
+its errors.
 """
 
 from __future__ import annotations
@@ -152,6 +153,18 @@ def reasoning_of(obj: dict[str, Any]) -> str | None:
     return None
 
 
+def logprobs_of(obj: Any) -> JSON | None:
+    """A choice's ``logprobs`` object as the provider sent it, or None when it says nothing
+    (null, not an object, or every list in it null or empty) or could not be sent on."""
+    if not isinstance(obj, dict) or not any(obj.values()):
+        return None
+    try:  # orjson reads 1024 levels of nesting but writes only 255: the client must get valid JSON
+        orjson.dumps(obj)
+    except TypeError:
+        return None
+    return obj
+
+
 def _google_thought(obj: dict[str, Any]) -> Any:
     extra = obj.get("extra_content")
     if isinstance(extra, dict):
@@ -162,7 +175,8 @@ def _google_thought(obj: dict[str, Any]) -> Any:
 
 
 class DeltaNormalizer:
-    """One streamed response's chunks → ``Delta``s of content, reasoning and tool-call fragments.
+    """One streamed response's chunks → ``Delta``s of content, reasoning, tool-call fragments and the
+    provider's logprobs (each on the delta of the chunk that carried them).
 
     ``feed``/``event`` return a Delta or None and raise errors.ProviderError for an error the provider
     reports mid-stream. Finish reason and usage are held back: ``final()`` gives them in one last Delta,
@@ -240,8 +254,11 @@ class DeltaNormalizer:
             if self.finish is None:
                 self.finish = reason
         delta = choice.get("delta")
+        logprobs = choice.get("logprobs")  # OpenAI sends null on every chunk unless asked
+        if logprobs is not None:
+            logprobs = logprobs_of(logprobs)
         if not delta or not isinstance(delta, dict):
-            return None
+            return None if logprobs is None else Delta(logprobs=logprobs)
         content = delta.get("content")
         if not isinstance(content, str) or not content:
             content = None
@@ -261,11 +278,14 @@ class DeltaNormalizer:
                 tcs = self._tool_calls(calls)
                 if tcs:
                     self.produced = True
-                    return Delta(content, reasoning, tcs)
+                    return Delta(content, reasoning, tcs, logprobs=logprobs)
         if content is None and reasoning is None:
-            return None
+            # a token that decodes to no text yet (half a UTF-8 character) still has its logprobs
+            return None if logprobs is None else Delta(logprobs=logprobs)
         self.produced = True
-        return Delta(content, reasoning)
+        if logprobs is None:  # a keyword argument costs a third more on the path of every token
+            return Delta(content, reasoning)
+        return Delta(content, reasoning, logprobs=logprobs)
 
     def final(self) -> Delta:
         """The last Delta: finish_reason (mapped; "stop" when none came) and usage."""
