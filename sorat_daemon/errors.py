@@ -1,5 +1,5 @@
 """The one exception tree. Every error a client can see is a ``SoratError``;
-``server.py`` turns it into OpenAI's error JSON in one place.
+each protocol (``protocols/``, through ``http/``) renders it in its own shape.
 
     SoratError                     500 server_error
     ├── RequestError               400 invalid_request_error
