@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,64 @@ from tests.sessions_support import (
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     return tmp_path / "home" / "sessions"
+
+
+@pytest.fixture
+def logged() -> Iterator[list[str]]:
+    """What the store logs, whatever the logging setup of the tests before (it may stop propagation)."""
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    logger, handler = logging.getLogger("sorat.sessions"), Collect(logging.INFO)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    yield messages
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+async def test_a_first_open_has_nothing_to_rebuild(root: Path, logged: list[str]) -> None:
+    """A brand-new home: a new index, and no word of a rebuild (issue 11)."""
+    async with SessionStore(root) as store:
+        await store.ready()
+        await answer(store, "first", [user("hi")], "hello")
+    assert logged == [f"new session index in {root}"]
+    logged.clear()
+    async with SessionStore(root) as store:  # closed cleanly: trusted as it is
+        await store.ready()
+        rows, _ = await store.list()
+        assert [r["id"] for r in rows] == ["first"]
+    assert logged == []
+
+
+async def test_an_unclean_close_still_rebuilds(root: Path, logged: list[str]) -> None:
+    await make_sessions(root, 2)
+    (root / ".clean").unlink()  # what a crash leaves: no token
+    logged.clear()
+    async with SessionStore(root) as store:
+        await store.ready()
+        rows, _ = await store.list()
+        assert len(rows) == 2
+    assert logged == [
+        "session index not closed cleanly: rebuilding it in the background",
+        "session index rebuilt: 2 sessions (0 from their messages)",
+    ]
+
+
+async def test_a_missing_index_is_rebuilt_from_the_files(root: Path, logged: list[str]) -> None:
+    await make_sessions(root, 2)
+    remove_index(root)
+    logged.clear()
+    async with SessionStore(root) as store:
+        await store.ready()
+    assert logged == [
+        "session index missing or outdated: rebuilding it from the files in the background",
+        "session index rebuilt: 2 sessions (0 from their messages)",
+    ]
 
 
 async def test_parallel_new_sessions_are_all_listed(root: Path) -> None:

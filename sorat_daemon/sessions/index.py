@@ -41,7 +41,7 @@ class Database:
 
     def open(self) -> tuple[str, bool]:
         """Opens (or recreates) the database; returns the clean-close token it holds ("" if none) and
-        whether its tables were just made."""
+        whether its tables were just made (a new index, or one of another schema)."""
         try:
             return self._open()
         except sqlite3.DatabaseError as e:
@@ -186,12 +186,19 @@ class Index:
     async def open(self) -> None:
         self._ready = asyncio.Event()
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="sorat-sessions-index")
-        token, _ = await self._call(self._db.open)
+        token, created = await self._call(self._db.open)
         clean = await asyncio.to_thread(self._take_clean_token)
         await self._call(self._db.set_clean, "")
         self.trusted = bool(token) and token == clean
         if self.trusted:
             self._start = "verify"
+        elif created and not await asyncio.to_thread(files.disk_keys, self.root):
+            log.info("new session index in %s", self.root)  # nothing to rebuild it from
+            self.trusted = True
+            self._start = None
+        elif created:
+            log.info("session index missing or outdated: rebuilding it from the files in the background")
+            self._start = "rebuild"
         else:
             log.info("session index not closed cleanly: rebuilding it in the background")
             self._start = "rebuild"
