@@ -273,3 +273,27 @@ async def play(root: Path, ops: list[Op]) -> None:
 def test_history_property(tmp_path: Path, ops: list[Op]) -> None:
     root = Path(tempfile.mkdtemp(dir=tmp_path)) / "sessions"
     asyncio.run(play(root, ops))
+
+
+# --- system and developer messages -------------------------------------------------------------------
+
+DEVELOPER: Message = {"role": "developer", "content": "You are terse."}
+
+
+async def test_a_developer_prompt_counts_as_a_system_prompt(store: SessionStore) -> None:
+    """With the session's id and only the new message after the developer prompt, nothing is superseded."""
+    await answer(store, "dev", [DEVELOPER, user("q1")], "a1")
+    async with store.turn("dev", [DEVELOPER, user("q2")], model="m") as turn:
+        assert turn.messages == [DEVELOPER, user("q1"), assistant("a1"), user("q2")]
+        await turn.add(assistant("a2"))
+    row = await store.get("dev", include_superseded=True)
+    assert row is not None and not any(m.get("superseded") for m in row["messages"])
+    assert [m["content"] for m in row["messages"]] == ["You are terse.", "q1", "a1", "q2", "a2"]
+
+
+async def test_a_developer_prompt_alone_starts_new_conversations(store: SessionStore) -> None:
+    one = await answer(store, None, [DEVELOPER, user("hi")], "hello")
+    two = await answer(store, None, [DEVELOPER, user("hi")], "hello")
+    assert one != two
+    async with store.turn(None, [DEVELOPER, user("hi"), assistant("hello"), user("more")], model="m") as turn:
+        assert turn.id == two and not turn.created

@@ -20,6 +20,7 @@ from ..types import Message
 from ..wire import text_of
 from .format import Record, dumps
 
+SYSTEM_ROLES = frozenset({"system", "developer"})  # SPEC: developer messages count as system messages
 NO_RESULT = '{"error": "no result: the request ended before this tool call finished"}'
 
 _THINK = re.compile(r"^\s*(?:<think>.*?</think>\s*)+", re.DOTALL)
@@ -66,7 +67,7 @@ def form(message: Message, internal: Iterable[str] | set[str] = (), *, coarse: b
     content and internal tool calls a client echoes back don't count. ``coarse`` also drops tool calls:
     the form hashed for the lookup, before it is known which session (and so which calls are internal)."""
     role = message.get("role")
-    out: dict[str, Any] = {"role": role}
+    out: dict[str, Any] = {"role": "system" if role in SYSTEM_ROLES else role}
     content = _content(message.get("content"))
     if role == "assistant" and isinstance(content, str) and "<think>" in content:
         content = _THINK.sub("", content) or None  # chat apps send the reasoning back wrapped in <think>
@@ -167,7 +168,7 @@ def _joined(first: Message, second: Message) -> Message:
 def _leading_system(roles: Iterable[Any]) -> int:
     n = 0
     for role in roles:
-        if role != "system":
+        if role not in SYSTEM_ROLES:
             break
         n += 1
     return n

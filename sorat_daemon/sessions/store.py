@@ -28,7 +28,7 @@ from .. import errors
 from ..types import Message
 from . import files
 from .format import Record, dumps, header_line, key_of, meta_row, new_id, supersede_line, valid_session_id
-from .history import lookup_hash, split_tail, with_results
+from .history import SYSTEM_ROLES, lookup_hash, split_tail, with_results
 from .index import Index
 from .session import Session, load
 
@@ -309,7 +309,7 @@ class SessionStore:
     async def _find(self, messages: Sequence[Message]) -> str | None:
         """The session whose visible conversation is exactly the request's earlier messages."""
         earlier = messages[: split_tail(messages)]
-        if all(m.get("role") == "system" for m in earlier):
+        if all(m.get("role") in SYSTEM_ROLES for m in earlier):
             return None  # a first message starts a new conversation
         lookup = lookup_hash(earlier)
         keys = [key for key, s in reversed(self._cache.items()) if s.history.lookup() == lookup]
