@@ -297,3 +297,23 @@ async def test_a_developer_prompt_alone_starts_new_conversations(store: SessionS
     assert one != two
     async with store.turn(None, [DEVELOPER, user("hi"), assistant("hello"), user("more")], model="m") as turn:
         assert turn.id == two and not turn.created
+
+
+# --- the new tail of a stateless request -------------------------------------------------------------
+
+
+async def test_tool_results_then_a_user_message_continue_the_session(store: SessionStore) -> None:
+    """pydantic-ai answers a client tool call and asks on in one request: [.., assistant(tool_calls),
+    tool, user]."""
+    weather = call("call_client", "get_weather", '{"city": "Oslo"}')
+    async with store.turn(None, [user("weather?")], model="m") as turn:
+        sid = turn.id
+        await turn.add(assistant(None, [weather]))
+    request = [user("weather?"), assistant(None, [weather]), result("call_client", "sunny"), user("thanks")]
+    async with store.turn(None, request, model="m") as turn:
+        assert turn.id == sid and not turn.created
+        assert turn.messages == request
+        await turn.add(assistant("You're welcome."))
+    row = await store.get(sid, include_superseded=True)
+    assert row is not None and row["message_count"] == 5
+    assert not any(m.get("superseded") for m in row["messages"])

@@ -107,12 +107,12 @@ def lookup_hash(messages: Sequence[Message]) -> str:
 
 
 def split_tail(messages: Sequence[Message]) -> int:
-    """Where the request's new messages start: the tool results answering the last assistant message,
-    else the last user message."""
+    """Where the request's new messages start: its trailing user message, and the tool results right
+    before it that answer the last assistant message (either may be missing: pydantic-ai sends both)."""
     j = len(messages)
-    while j > 0 and messages[j - 1].get("role") == "tool":
+    if j > 0 and messages[j - 1].get("role") == "user":
         j -= 1
-    if j == len(messages) and j > 0 and messages[-1].get("role") == "user":
+    while j > 0 and messages[j - 1].get("role") == "tool":
         j -= 1
     return j
 
