@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sorat_daemon.sessions import SessionStore
+from sorat_daemon.sessions import SessionStore, history
 from sorat_daemon.types import Message
 from tests.sessions_support import (
     SYSTEM,
@@ -317,3 +317,33 @@ async def test_tool_results_then_a_user_message_continue_the_session(store: Sess
     row = await store.get(sid, include_superseded=True)
     assert row is not None and row["message_count"] == 5
     assert not any(m.get("superseded") for m in row["messages"])
+
+
+# --- canonical forms ---------------------------------------------------------------------------------
+
+IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+EPHEMERAL = {"cache_control": {"type": "ephemeral"}}
+
+
+def test_cache_control_on_content_parts_does_not_count() -> None:
+    plain = {"role": "user", "content": [{"type": "text", "text": "look"}, IMAGE]}
+    marked = {
+        "role": "user",
+        "content": [{"type": "text", "text": "look", **EPHEMERAL}, {**IMAGE, **EPHEMERAL}],
+    }
+    assert history.form(marked) == history.form(plain)
+    text_only = {"role": "user", "content": [{"type": "text", "text": "look", **EPHEMERAL}]}
+    assert history.form(text_only) == history.form(user("look"))
+    assert history.form(marked) != history.form(
+        {"role": "user", "content": [{"type": "text", "text": "look"}]}
+    )
+
+
+async def test_a_moved_cache_control_is_not_an_edit(store: SessionStore) -> None:
+    first = {"role": "user", "content": [{"type": "text", "text": "look", **EPHEMERAL}, IMAGE]}
+    sid = await answer(store, None, [SYSTEM, first], "a cat")
+    moved = {"role": "user", "content": [{"type": "text", "text": "look"}, IMAGE]}
+    second = {"role": "user", "content": [{"type": "text", "text": "and now?", **EPHEMERAL}]}
+    async with store.turn(None, [SYSTEM, moved, assistant("a cat"), second], model="m") as turn:
+        assert turn.id == sid and not turn.created
+        assert turn.messages == [SYSTEM, first, assistant("a cat"), second]

@@ -32,8 +32,15 @@ def _content(content: Any) -> Any:
         if all(isinstance(p, dict) and p.get("type") == "text" for p in content):
             content = "".join(str(p.get("text") or "") for p in content)
         else:
-            content = [_no_nulls(p) for p in content]
+            content = [_part(p) for p in content]
     return None if content in ("", []) else content
+
+
+def _part(part: Any) -> Any:
+    """A content part as compared: Anthropic clients move ``cache_control`` from part to part every turn."""
+    if isinstance(part, dict):
+        return {k: _no_nulls(v) for k, v in part.items() if v is not None and k != "cache_control"}
+    return part
 
 
 def _no_nulls(value: Any) -> Any:
