@@ -347,3 +347,49 @@ async def test_a_moved_cache_control_is_not_an_edit(store: SessionStore) -> None
     async with store.turn(None, [SYSTEM, moved, assistant("a cat"), second], model="m") as turn:
         assert turn.id == sid and not turn.created
         assert turn.messages == [SYSTEM, first, assistant("a cat"), second]
+
+
+# --- one pass over the request (issue 12, item 9) ----------------------------------------------------
+
+
+async def test_a_resent_conversation_is_formed_once_and_not_hashed(
+    store: SessionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stateless client resending its whole history: each of the request's messages is formed once,
+    the stored side never again, and a cached session is found without hashing the request."""
+    conversation: list[Message] = [SYSTEM]
+    for n in range(20):
+        conversation.append(user(f"q{n}"))
+        await answer(store, None, conversation, f"a{n}")
+        conversation.append(assistant(f"a{n}"))
+    formed = 0
+    real = history.form
+
+    def counting(message: Message) -> bytes:
+        nonlocal formed
+        formed += 1
+        return real(message)
+
+    def no_hash(self: history.Request) -> str:
+        raise AssertionError("the cached session is compared without a hash")
+
+    monkeypatch.setattr(history, "form", counting)
+    monkeypatch.setattr(history.Request, "lookup", no_hash)
+    request = [*conversation, user("q20")]
+    async with store.turn(None, request, model="m") as turn:
+        assert not turn.created and len(turn.messages) == len(request)
+        assert formed == len(request) + 1  # the request, and the user message it adds to the session
+        await turn.add(assistant("a20"))
+    assert formed == len(request) + 2
+
+
+async def test_the_hash_after_an_edit_finds_the_session_after_a_restart(root: Path) -> None:
+    async with SessionStore(root) as store:
+        await answer(store, "e", [SYSTEM, user("q1")], "a1")
+        await answer(store, "e", [SYSTEM, user("q1"), assistant("a1"), user("q2")], "a2")
+        await answer(store, "e", [SYSTEM, user("q1"), assistant("a1"), user("q2 edited")], "a2 new")
+    async with SessionStore(root) as store:  # found through the index, by the hash saved after the cut
+        request = [SYSTEM, user("q1"), assistant("a1"), user("q2 edited"), assistant("a2 new"), user("q3")]
+        async with store.turn(None, request, model="m") as turn:
+            assert turn.id == "e" and not turn.created
+            assert turn.messages == request

@@ -69,10 +69,9 @@ def call_ids(message: Message | None) -> set[str]:
     return {c["id"] for c in calls if isinstance(c, dict) and isinstance(c.get("id"), str)}
 
 
-def form(message: Message, internal: Iterable[str] | set[str] = (), *, coarse: bool = False) -> bytes:
-    """The canonical bytes two messages are compared by. Key order, null fields, reasoning, list-vs-string
-    content and internal tool calls a client echoes back don't count. ``coarse`` also drops tool calls:
-    the form hashed for the lookup, before it is known which session (and so which calls are internal)."""
+def form(message: Message) -> bytes:
+    """The canonical bytes two messages are compared and hashed by, their tool calls apart (``calls``):
+    key order, null fields, reasoning, list-vs-string content and cache_control don't count."""
     role = message.get("role")
     out: dict[str, Any] = {"role": "system" if role in SYSTEM_ROLES else role}
     content = _content(message.get("content"))
@@ -84,33 +83,35 @@ def form(message: Message, internal: Iterable[str] | set[str] = (), *, coarse: b
         out["name"] = message["name"]
     if role == "tool":
         out["tool_call_id"] = message.get("tool_call_id")
-    elif role == "assistant" and not coarse and isinstance(message.get("tool_calls"), list):
-        calls = []
-        for call in message["tool_calls"]:
-            if not isinstance(call, dict) or call.get("id") in internal:
-                continue
-            function = call.get("function")
-            if not isinstance(function, dict):
-                function = {}
-            calls.append(
-                {
-                    "id": call.get("id"),
-                    "name": function.get("name"),
-                    "arguments": _arguments(function.get("arguments")),
-                }
-            )
-        if calls:
-            out["tool_calls"] = calls
-    # Forms are kept for every message of a cached session, and orjson's bytes (3.12+) hold a 4 KB buffer
-    # however short the text: a right-sized copy keeps a session's memory near the size of its messages.
+    # orjson's bytes (3.12+) hold a 4 KB buffer however short the text: a right-sized copy keeps a cached
+    # session's forms near the size of its messages, and a request's forms from churning the heap (holding
+    # a few hundred such buffers made forming a long request ten times slower).
     return bytes(memoryview(dumps(out, sort=True)))
 
 
-def lookup_hash(messages: Sequence[Message]) -> str:
-    h = hashlib.sha256()
-    for message in messages:
-        h.update(form(message, coarse=True) + b"\n")
-    return h.hexdigest()
+Call = tuple[Any, Any, Any]  # id, function name, arguments (parsed)
+
+
+def calls_of(message: Message) -> tuple[Call, ...] | None:
+    """An assistant message's tool calls as compared: arguments parsed, so their spacing doesn't count."""
+    raw = message.get("tool_calls")
+    if message.get("role") != "assistant" or not isinstance(raw, list):
+        return None
+    out = []
+    for call in raw:
+        if isinstance(call, dict):
+            function = call.get("function")
+            if not isinstance(function, dict):
+                function = {}
+            out.append((call.get("id"), function.get("name"), _arguments(function.get("arguments"))))
+    return tuple(out) or None
+
+
+def _seen(found: tuple[Call, ...] | None, internal: set[str]) -> tuple[Call, ...] | None:
+    """The calls a client could have seen: internal calls it echoes back don't count."""
+    if found is None or not internal:
+        return found
+    return tuple(c for c in found if c[0] not in internal) or None
 
 
 def split_tail(messages: Sequence[Message]) -> int:
@@ -181,15 +182,49 @@ def _leading_system(roles: Iterable[Any]) -> int:
     return n
 
 
+class Request:
+    """A request's messages, read once: the form of each, where its new tail starts, and, only when a
+    lookup in the index needs it, the hash of the messages before that tail. Everything a turn compares
+    is computed here, in one pass over what was sent."""
+
+    __slots__ = ("messages", "roles", "keys", "calls", "split", "_lookup")
+
+    def __init__(self, messages: Sequence[Message]) -> None:
+        self.messages = messages
+        self.roles: list[Any] = []
+        self.keys: list[bytes] = []
+        self.calls: dict[int, tuple[Call, ...]] = {}  # by index: assistant messages with tool calls
+        for i, message in enumerate(messages):
+            role = message.get("role")
+            self.roles.append(role)
+            self.keys.append(form(message))
+            if role == "assistant" and "tool_calls" in message:
+                found = calls_of(message)
+                if found is not None:
+                    self.calls[i] = found
+        self.split = split_tail(messages)
+        self._lookup: str | None = None
+
+    def lookup(self) -> str:
+        """The hash of the messages before the tail, as ``History.lookup`` makes it of a conversation."""
+        if self._lookup is None:
+            h = hashlib.sha256()
+            for key in self.keys[: self.split]:
+                h.update(key)
+                h.update(b"\n")
+            self._lookup = h.hexdigest()
+        return self._lookup
+
+
 @dataclass(slots=True)
 class Shown:
-    """One message of the visible conversation, and the records it came from."""
+    """One message of the visible conversation, and the records it came from (indices into ``active``)."""
 
     message: Message
-    form: bytes
-    coarse: bytes
-    first_seq: int
-    last_seq: int
+    key: bytes  # form(message)
+    calls: tuple[Call, ...] | None
+    start: int  # its first record
+    stop: int  # after its last record (internal records after it not included)
     turn: int
     by: str
 
@@ -198,13 +233,13 @@ class Shown:
 class Plan:
     model: list[Message]  # what the model gets
     append: list[Message]  # request messages new to the session
-    cut: int | None  # supersede every active record from this seq on
+    cut: int | None  # supersede every active record from this index of ``active`` on
 
 
 class History:
-    """A session's records and what they derive: the active ones, the visible conversation, the ids of
-    the tool calls its client never saw, and the conversation's lookup hash, kept up to date record by
-    record."""
+    """A session's records and what they derive: the active ones, the visible conversation with the forms
+    it is compared by, the ids of the tool calls its client never saw, and the conversation's lookup
+    hash, all kept up to date record by record (a turn never recomputes the stored side)."""
 
     def __init__(self) -> None:
         self.records: list[Record] = []
@@ -213,7 +248,8 @@ class History:
         self.internal: set[str] = set()  # ids of tool calls the client never saw
         self.active: list[Record] = []
         self.shown: list[Shown] = []
-        self._prefix = hashlib.sha256()  # over the coarse forms of shown[:-1]
+        self._prefix = hashlib.sha256()  # over the forms of shown[:-1]
+        self._stale = False  # the prefix lost messages (a cut): redone from the forms when next needed
         self._lookup: str | None = None
 
     def apply(self, record: Record) -> None:
@@ -222,17 +258,20 @@ class History:
         self.turns = max(self.turns, record.turn)
         self._derive(record)
 
-    def supersede(self, seqs: set[int]) -> None:
-        for record in self.records:
-            if record.seq in seqs:
-                record.superseded = True
-        self.active, self.shown, self._prefix, self._lookup = [], [], hashlib.sha256(), None
-        for record in self.records:
-            self._derive(record)
+    def cut(self, start: int) -> None:
+        """Supersedes every active record from index ``start`` on (an edit's cut). The visible messages
+        before the cut keep their forms: only the hash is redone, from them."""
+        for record in self.active[start:]:
+            record.superseded = True
+        del self.active[start:]
+        while self.shown and self.shown[-1].start >= start:
+            self.shown.pop()
+        self._stale, self._lookup = True, None
 
     def _derive(self, record: Record) -> None:
         if record.superseded:
             return
+        index = len(self.active)
         self.active.append(record)
         message, visible = record.message, record.visible
         if message.get("role") == "assistant" and visible is not message:
@@ -248,59 +287,79 @@ class History:
             and record.turn == last.turn
             and visible.get("role") == last.message.get("role") == "assistant"
         ):
-            merged = _joined(last.message, visible)
-            self.shown[-1] = Shown(
-                merged, form(merged, self.internal), form(merged, coarse=True),
-                last.first_seq, record.seq, record.turn, "agent",
-            )  # fmt: skip
+            last.message = _joined(last.message, visible)
+            last.key, last.calls, last.stop = form(last.message), calls_of(last.message), index + 1
             return
-        if last is not None:
-            self._prefix.update(last.coarse + b"\n")
+        if last is not None and not self._stale:
+            self._prefix.update(last.key + b"\n")
         self.shown.append(
-            Shown(
-                visible, form(visible, self.internal), form(visible, coarse=True),
-                record.seq, record.seq, record.turn, record.by,
-            )
-        )  # fmt: skip
+            Shown(visible, form(visible), calls_of(visible), index, index + 1, record.turn, record.by)
+        )
 
     def lookup(self) -> str:
-        """The hash of the visible conversation, as ``lookup_hash`` makes it of a request's messages."""
+        """The hash of the visible conversation, as ``Request.lookup`` makes it of a request's messages."""
         if self._lookup is None:
+            if self._stale:
+                self._prefix, self._stale = hashlib.sha256(), False
+                for shown in self.shown[:-1]:
+                    self._prefix.update(shown.key)
+                    self._prefix.update(b"\n")
             h = self._prefix.copy()
             if self.shown:
-                h.update(self.shown[-1].coarse + b"\n")
+                h.update(self.shown[-1].key + b"\n")
             self._lookup = h.hexdigest()
         return self._lookup
 
-    def matches(self, messages: Sequence[Message]) -> bool:
-        if len(messages) != len(self.shown):
-            return False
-        return all(form(m, self.internal) == s.form for m, s in zip(messages, self.shown, strict=True))
+    def _same(self, request: Request, i: int, shown: Shown) -> bool:
+        return request.keys[i] == shown.key and _seen(request.calls.get(i), self.internal) == shown.calls
 
-    def plan(self, messages: Sequence[Message]) -> Plan:
+    def _common(self, request: Request, limit: int) -> int:
+        """How many of the request's first ``limit`` messages are the visible conversation's first (a
+        comparison of forms computed already, mostly one memcmp each)."""
+        keys, calls, internal, shown = request.keys, request.calls, self.internal, self.shown
+        n = min(limit, len(shown))
+        for k in range(n):
+            s = shown[k]
+            if keys[k] != s.key or (
+                (s.calls is not None or k in calls) and _seen(calls.get(k), internal) != s.calls
+            ):
+                return k
+        return n
+
+    def matches(self, request: Request) -> bool:
+        """Whether the request's messages before its tail are exactly the visible conversation."""
+        n = request.split
+        if n != len(self.shown):
+            return False
+        if n and not self._same(request, n - 1, self.shown[n - 1]):  # the last differs most often
+            return False
+        return self._common(request, n) == n
+
+    def plan(self, request: Request) -> Plan:
         """SPEC's three cases: resend everything, edit/regenerate, only the new message."""
-        forms = [form(m, self.internal) for m in messages]
-        messages = [without_internal(m, self.internal) for m in messages]
-        shown = self.shown
-        k = 0
-        while k < len(forms) and k < len(shown) and forms[k] == shown[k].form:
-            k += 1
+        messages, internal, shown = request.messages, self.internal, self.shown
+        k = self._common(request, len(messages))
         history = [r.message for r in self.active]
+
+        def tail(start: int) -> list[Message]:
+            return [without_internal(m, internal) for m in messages[start:]]
+
         if k == len(shown):  # the request begins with the whole visible conversation
-            return Plan(history + list(messages[k:]), list(messages[k:]), None)
-        sys_r = _leading_system(m.get("role") for m in messages)
+            new = tail(k)
+            return Plan(history + new, new, None)
+        sys_r = _leading_system(request.roles)
         sys_v = _leading_system(s.message.get("role") for s in shown)
-        if sys_r < len(messages) and sys_v < len(shown) and forms[sys_r] != shown[sys_v].form:
+        if sys_r < len(messages) and sys_v < len(shown) and not self._same(request, sys_r, shown[sys_v]):
             # Nothing shared but the system prompt: the stored conversation goes in front. A request
             # with another system prompt gets it for this call; the session keeps its own.
-            tail = list(messages[sys_r:])
-            if sys_r and forms[:sys_r] != [s.form for s in shown[:sys_v]]:
+            new = tail(sys_r)
+            if sys_r and not (sys_r == sys_v and self._common(request, sys_r) == sys_r):
                 rest = history[_leading_system(m.get("role") for m in history) :]
-                return Plan(list(messages[:sys_r]) + rest + tail, tail, None)
-            return Plan(history + tail, tail, None)
+                return Plan([dict(m) for m in messages[:sys_r]] + rest + new, new, None)
+            return Plan(history + new, new, None)
         # An edit or a regenerate: from the first difference on, the request wins. The cut falls right
         # after the last record of the last shared message, so internal tool traffic of a superseded
         # answer goes with it.
-        cut = shown[k - 1].last_seq + 1 if k else 0
-        kept = [r.message for r in self.active if r.seq < cut]
-        return Plan(kept + list(messages[k:]), list(messages[k:]), cut)
+        cut = shown[k - 1].stop if k else 0
+        new = tail(k)
+        return Plan(history[:cut] + new, new, cut)

@@ -28,7 +28,7 @@ from .. import errors
 from ..types import Message
 from . import files
 from .format import Record, dumps, header_line, key_of, meta_row, new_id, supersede_line, valid_session_id
-from .history import SYSTEM_ROLES, lookup_hash, split_tail, with_results
+from .history import SYSTEM_ROLES, Request, with_results
 from .index import Index
 from .session import Session, load
 
@@ -230,20 +230,21 @@ class SessionStore:
 
     async def _enter(self, session_id: str | None, messages: list[Message], model: str) -> Turn:
         self._check_open()
+        request = Request(messages)  # the one pass over what was sent
         if session_id is None:
-            found = await self._find(messages)
+            found = await self._find(request)
             turn = None
             if found is not None:
-                turn = await self._begin_on(found, None, messages, model, fresh=False)
+                turn = await self._begin_on(found, None, request, model, fresh=False)
             while turn is None:  # a new session under a new id
-                turn = await self._begin_on(key_of(new := new_id()), new, messages, model, fresh=True)
+                turn = await self._begin_on(key_of(new := new_id()), new, request, model, fresh=True)
             return turn
-        turn = await self._begin_on(key_of(session_id), session_id, messages, model, fresh=False)
+        turn = await self._begin_on(key_of(session_id), session_id, request, model, fresh=False)
         assert turn is not None
         return turn
 
     async def _begin_on(
-        self, key: str, shown_id: str | None, messages: list[Message], model: str, *, fresh: bool
+        self, key: str, shown_id: str | None, request: Request, model: str, *, fresh: bool
     ) -> Turn | None:
         """Takes the session's lock and starts the turn; None when ``fresh`` and the id exists already."""
         slot = self._pin(key)
@@ -265,7 +266,7 @@ class SessionStore:
                     self._unpin(key)
                     return None
                 created = made is not None
-                turn = self._begin(session, shown_id or session.id, created, messages, model)
+                turn = self._begin(session, shown_id or session.id, created, request, model)
                 if created:  # listed at once; the metadata file follows at the turn's end
                     await self._save(session, slot, file=False)
                 return turn
@@ -278,17 +279,15 @@ class SessionStore:
             self._unpin(key)
             raise
 
-    def _begin(
-        self, session: Session, shown_id: str, created: bool, messages: list[Message], model: str
-    ) -> Turn:
+    def _begin(self, session: Session, shown_id: str, created: bool, request: Request, model: str) -> Turn:
         history = session.history
-        plan = history.plan(messages)
+        plan = history.plan(request)
         number = history.turns + 1
         if plan.cut is not None:
-            seqs = {r.seq for r in history.active if r.seq >= plan.cut}
+            seqs = [r.seq for r in history.active[plan.cut :]]
             if seqs:
                 self._write(session, supersede_line(time.time(), number, seqs))
-                history.supersede(seqs)
+                history.cut(plan.cut)
         self._append(session, [(m, ...) for m in plan.append], by="client", turn=number)
         return Turn(self, session, shown_id, created, with_results(plan.model), number, model)
 
@@ -306,22 +305,22 @@ class SessionStore:
             slot.request.release()
             self._unpin(key)
 
-    async def _find(self, messages: Sequence[Message]) -> str | None:
-        """The session whose visible conversation is exactly the request's earlier messages."""
-        earlier = messages[: split_tail(messages)]
-        if all(m.get("role") in SYSTEM_ROLES for m in earlier):
+    async def _find(self, request: Request) -> str | None:
+        """The session whose visible conversation is exactly the request's earlier messages: a cached one
+        (compared at once: most cost a length check), else one the index finds by hash."""
+        if all(role in SYSTEM_ROLES for role in request.roles[: request.split]):
             return None  # a first message starts a new conversation
-        lookup = lookup_hash(earlier)
-        keys = [key for key, s in reversed(self._cache.items()) if s.history.lookup() == lookup]
-        for key in keys:
-            if self._cache[key].history.matches(earlier):
+        tried: set[str] = set()
+        for key, cached in reversed(self._cache.items()):
+            if cached.history.matches(request):
                 return key
-        for key in await self._index.find(lookup):
-            if key in keys:
+            tried.add(key)
+        for key in await self._index.find(request.lookup()):
+            if key in tried:
                 continue
             with self._pinned(key) as slot:
                 session = await self._load(key, slot)
-                if session is not None and session.history.matches(earlier):
+                if session is not None and session.history.matches(request):
                     return key
         return None
 
