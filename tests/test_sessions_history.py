@@ -299,6 +299,106 @@ async def test_a_developer_prompt_alone_starts_new_conversations(store: SessionS
         assert turn.id == two and not turn.created
 
 
+def system(text: str) -> Message:
+    return {"role": "system", "content": text}
+
+
+async def test_a_system_prompt_rebuilt_every_turn_neither_forks_nor_restores(
+    root: Path, store: SessionStore
+) -> None:
+    """Aider rebuilds its system prompt (with its repo map) every turn and sends no session id: one
+    session, each system prompt stored once with its turn, the conversation never superseded."""
+    sid = await answer(store, None, [system("map v1"), user("q1")], "a1")
+    async with store.turn(
+        None, [system("map v2"), user("q1"), assistant("a1"), user("q2")], model="m"
+    ) as turn:
+        assert turn.id == sid and not turn.created
+        assert turn.messages == [system("map v2"), user("q1"), assistant("a1"), user("q2")]
+        await turn.add(assistant("a2"))
+    request = [system("map v3"), user("q1"), assistant("a1"), user("q2"), assistant("a2"), user("q3")]
+    async with store.turn(None, request, model="m") as turn:
+        assert turn.id == sid and turn.messages == request
+        await turn.add(assistant("a3"))
+    contents = [d["message"]["content"] for d in message_lines(root / f"{sid}.jsonl")]
+    assert contents == ["map v1", "q1", "a1", "map v2", "q2", "a2", "map v3", "q3", "a3"]
+    row = await store.get(sid, include_superseded=True)
+    assert row is not None and row["message_count"] == 7  # the system prompt and six messages
+    assert [m["content"] for m in row["messages"] if m.get("superseded")] == ["map v1", "map v2"]
+    rows, _ = await store.list()
+    assert [r["id"] for r in rows] == [sid]
+
+
+async def test_a_new_system_prompt_is_used_from_then_on(store: SessionStore) -> None:
+    await answer(store, "sp", [SYSTEM, user("q1")], "a1")
+    other = system("Be verbose.")
+    async with store.turn("sp", [other, user("q2")], model="m") as turn:
+        assert turn.messages == [other, user("q1"), assistant("a1"), user("q2")]
+        await turn.add(assistant("a2"))
+    async with store.turn("sp", [user("q3")], model="m") as turn:  # a client that sends no system prompt
+        assert turn.messages == [other, user("q1"), assistant("a1"), user("q2"), assistant("a2"), user("q3")]
+    row = await store.get("sp")
+    assert row is not None and [m["content"] for m in row["messages"]].count("You are terse.") == 0
+
+
+async def test_inline_system_messages_stay_where_the_request_puts_them(
+    root: Path, store: SessionStore
+) -> None:
+    """Claude Code's inline system messages change from turn to turn: instructions for that request, never
+    part of the conversation."""
+    async with store.turn(None, [SYSTEM, user("q1")], model="m") as turn:
+        sid = turn.id
+        await turn.add(assistant("Looking. ", [call("int_1")]), visible=assistant("Looking. "))
+        await turn.add(result("int_1", "a.txt"), visible=None)
+        await turn.add(assistant("One file."))
+    note1, note2 = system("It is 10:01."), system("It is 10:02.")
+    request = [SYSTEM, user("q1"), note1, assistant("Looking. One file."), user("q2")]
+    async with store.turn(None, request, model="m") as turn:
+        assert turn.id == sid and not turn.created
+        assert turn.messages == [
+            SYSTEM,
+            user("q1"),
+            note1,  # before the stored records of the message it preceded, internal traffic and all
+            assistant("Looking. ", [call("int_1")]),
+            result("int_1", "a.txt"),
+            assistant("One file."),
+            user("q2"),
+        ]
+        await turn.add(assistant("a2"))
+    request = [
+        SYSTEM,
+        user("q1"),
+        assistant("Looking. One file."),
+        user("q2"),
+        assistant("a2"),
+        note2,
+        user("q3"),
+    ]
+    async with store.turn(None, request, model="m") as turn:
+        assert turn.id == sid
+        assert [m["content"] for m in turn.messages] == [
+            "You are terse.", "q1", "Looking. ", "a.txt", "One file.", "q2", "a2", "It is 10:02.", "q3"
+        ]  # fmt: skip
+        await turn.add(assistant("a3"))
+    async with store.turn(
+        sid, [user("q4")], model="m"
+    ) as turn:  # no system messages: the stored ones, in front
+        assert turn.messages[:2] == [SYSTEM, note2] and turn.messages[-1] == user("q4")
+    row = await store.get(sid, include_superseded=True)
+    assert row is not None
+    superseded = [m["content"] for m in row["messages"] if m.get("superseded")]
+    assert superseded == ["It is 10:01."]  # the unchanged prompt before the note stays, stored once
+    everything = [m["content"] for m in row["messages"]]
+    assert everything.count("You are terse.") == 1 and everything.count("q2") == 1
+
+
+async def test_only_system_messages_supersede_nothing(store: SessionStore) -> None:
+    await answer(store, "s", [SYSTEM, user("q1")], "a1")
+    async with store.turn("s", [system("new rules")], model="m") as turn:
+        assert turn.messages == [system("new rules"), user("q1"), assistant("a1")]
+    row = await store.get("s")
+    assert row is not None and [m["content"] for m in row["messages"]] == ["q1", "a1", "new rules"]
+
+
 # --- the new tail of a stateless request -------------------------------------------------------------
 
 

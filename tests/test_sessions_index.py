@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import shutil
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from sorat_daemon import errors
 from sorat_daemon.sessions import SessionStore
 from tests.sessions_support import (
+    SYSTEM,
     answer,
     assistant,
     make_sessions,
@@ -209,3 +211,25 @@ async def test_session_without_metadata_is_recovered(root: Path) -> None:
         assert {r["id"] for r in rows} == {"s000", "s001"}
         row = await store.get("s001")
         assert row is not None and row["title"] == "q1" and row["message_count"] == 2
+
+
+async def test_metadata_of_format_1_is_listed_and_rehashed(root: Path) -> None:
+    """Format 1 hashed the system prompt into the lookup: an upgraded index lists such a session at once
+    and rebuilds its hash from the messages."""
+    async with SessionStore(root) as store:
+        await answer(store, "old", [SYSTEM, user("q1")], "a1")
+    meta = json.loads((root / "old.json").read_text())
+    (root / "old.json").write_text(
+        json.dumps({**meta, "format": 1, "lookup": "a hash with the system prompt"})
+    )
+    db = sqlite3.connect(root / ".index.sqlite3")
+    db.execute("PRAGMA user_version = 1")
+    db.close()
+    async with SessionStore(root) as store:
+        rows, _ = await store.list()
+        assert [r["id"] for r in rows] == ["old"]
+        await store.ready()
+    assert json.loads((root / "old.json").read_text())["format"] == 2
+    async with SessionStore(root) as store:  # found through the index, by its new hash
+        async with store.turn(None, [SYSTEM, user("q1"), assistant("a1"), user("q2")], model="m") as turn:
+            assert turn.id == "old" and not turn.created

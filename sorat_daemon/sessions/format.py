@@ -18,10 +18,12 @@ killed process loses at most the line being written and an OS crash about the la
   produced it during turn ``turn``. ``visible`` is what the client saw of it: absent = the message
   itself, ``null`` = nothing (an internal tool result), an object = a projection (an assistant message
   without its internal ``tool_calls``). A ``supersede`` record marks earlier messages (by ``seq``) as
-  replaced by an edit or a regenerate: they stay in the file but are never sent to the model again.
-  The *visible conversation* (compared with requests, hashed for the lookup, counted in
-  ``message_count``) is the sequence of ``visible`` projections of active records, where consecutive
-  assistant projections of one turn make one message: the client saw one streamed message.
+  replaced by an edit, a regenerate or a new system prompt: they stay in the file but are never sent to
+  the model again. The active ``system`` and ``developer`` messages are the session's system prompt,
+  kept apart from the conversation: a request bringing another one appends it with its turn and
+  supersedes the old one. The *visible conversation* (compared with requests, hashed for the lookup) is
+  the sequence of ``visible`` projections of the other active records, where consecutive assistant
+  projections of one turn make one message: the client saw one streamed message.
   A torn last line is skipped on read and cut off before the next append; unknown records are skipped.
 
 ``<key>.json``: the metadata, rewritten by the flusher after a turn ends or a title is set (the newest
@@ -29,13 +31,15 @@ version of each file, at most ``flush_delay`` late), in place with one write pad
 killed process leaves the old version or the new one; a file that is missing, unreadable or behind its
 ``.jsonl`` is rebuilt from the messages::
 
-    {"format": 1, "id", "title", "fallback_title", "model", "created_at", "updated_at",
+    {"format": 2, "id", "title", "fallback_title", "model", "created_at", "updated_at",
      "message_count", "lookup", "size", "version"}
 
   ``title`` is the generated title (null until one exists), ``fallback_title`` the first user message
-  cut to 60 characters, ``lookup`` the hash of the visible conversation, ``size`` the length of the
-  ``.jsonl`` it describes (another length on start means a crash mid-turn: the metadata is rebuilt
-  from the messages), ``version`` rises with every write.
+  cut to 60 characters, ``message_count`` the system prompt's and the visible conversation's messages,
+  ``lookup`` the hash of the visible conversation, ``size`` the length of the ``.jsonl`` it describes
+  (another length on start means a crash mid-turn: the metadata is rebuilt from the messages),
+  ``version`` rises with every write. Format 1 hashed the system prompt too: such a file is listed as
+  it is and rebuilt from its messages in the background.
 
 ``.index.sqlite3``: the index, a cache of every session's metadata that the files can always rebuild.
 SQLite (stdlib) rather than one JSON file: a page of 10 000 sessions newest first, a lookup by
@@ -67,7 +71,8 @@ from ..types import Message
 log = logging.getLogger("sorat.sessions")
 
 FORMAT = 1  # of the .jsonl files
-META_FORMAT = 1  # of the .json files
+META_FORMAT = 2  # of the .json files
+OUTDATED_META = 1  # its lookup hashed the system prompt too: listed as it is, rebuilt in the background
 INDEX = ".index.sqlite3"
 CLEAN = ".clean"
 
@@ -186,7 +191,11 @@ def number(value: Any) -> float | None:
 def meta_row(key: str, meta: dict[str, Any] | None, size: int | None) -> tuple[Any, ...] | None:
     """The index row a metadata file gives, or None when it must be rebuilt from the messages (``size``:
     the length of its ``.jsonl``)."""
-    if meta is None or meta.get("format") != META_FORMAT or meta.get("size") != (size or 0):
+    if (
+        meta is None
+        or meta.get("format") not in (META_FORMAT, OUTDATED_META)
+        or meta.get("size") != (size or 0)
+    ):
         return None
     sid, title, fallback = meta.get("id"), meta.get("title"), meta.get("fallback_title")
     created, updated = number(meta.get("created_at")), number(meta.get("updated_at"))

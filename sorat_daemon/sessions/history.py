@@ -1,16 +1,17 @@
 """A session's history: what counts as "the same message" between a request and the stored conversation,
 and how a request's messages meet the session's (SPEC, "History" under POST /v1/chat/completions).
 
-``History`` derives, from a session's records, the *visible conversation* (what its client saw: see
-``format.py``) with each message's canonical form, and plans a request against it: what the model gets,
-what is new to the session, and what an edit supersedes.
+``Request`` reads a request's messages once; ``History`` derives, from a session's records, its system
+prompt and its *visible conversation* (what its client saw: see ``format.py``) with each message's
+canonical form, and plans a request against them: what the model gets, what is new to the session, and
+what an edit or a new system prompt supersedes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,40 +174,37 @@ def _joined(first: Message, second: Message) -> Message:
     return out
 
 
-def _leading_system(roles: Iterable[Any]) -> int:
-    n = 0
-    for role in roles:
-        if role not in SYSTEM_ROLES:
-            break
-        n += 1
-    return n
-
-
 class Request:
-    """A request's messages, read once: the form of each, where its new tail starts, and, only when a
-    lookup in the index needs it, the hash of the messages before that tail. Everything a turn compares
-    is computed here, in one pass over what was sent."""
+    """A request's messages, read once: system and developer messages apart from the conversation (each
+    with its place in it), the form of every message, where the conversation's new tail starts, and, only
+    when a lookup in the index needs it, the hash of the conversation before that tail. Everything a turn
+    compares is computed here, in one pass over what was sent."""
 
-    __slots__ = ("messages", "roles", "keys", "calls", "split", "_lookup")
+    __slots__ = ("system", "system_keys", "conversation", "keys", "calls", "split", "_lookup")
 
     def __init__(self, messages: Sequence[Message]) -> None:
-        self.messages = messages
-        self.roles: list[Any] = []
-        self.keys: list[bytes] = []
-        self.calls: dict[int, tuple[Call, ...]] = {}  # by index: assistant messages with tool calls
-        for i, message in enumerate(messages):
+        self.system: list[tuple[int, Message]] = []  # (how many conversation messages come before, it)
+        self.system_keys: list[bytes] = []
+        self.conversation: list[Message] = []
+        self.keys: list[bytes] = []  # the conversation's forms
+        self.calls: dict[int, tuple[Call, ...]] = {}  # by conversation index: assistant tool calls
+        for message in messages:
             role = message.get("role")
-            self.roles.append(role)
-            self.keys.append(form(message))
+            if role in SYSTEM_ROLES:
+                self.system.append((len(self.conversation), message))
+                self.system_keys.append(form(message))
+                continue
             if role == "assistant" and "tool_calls" in message:
                 found = calls_of(message)
                 if found is not None:
-                    self.calls[i] = found
-        self.split = split_tail(messages)
+                    self.calls[len(self.conversation)] = found
+            self.conversation.append(message)
+            self.keys.append(form(message))
+        self.split = split_tail(self.conversation)
         self._lookup: str | None = None
 
     def lookup(self) -> str:
-        """The hash of the messages before the tail, as ``History.lookup`` makes it of a conversation."""
+        """The hash of the conversation before the tail, as ``History.lookup`` makes it of a session's."""
         if self._lookup is None:
             h = hashlib.sha256()
             for key in self.keys[: self.split]:
@@ -218,7 +216,8 @@ class Request:
 
 @dataclass(slots=True)
 class Shown:
-    """One message of the visible conversation, and the records it came from (indices into ``active``)."""
+    """One message of the visible conversation, and the records it came from (indices into
+    ``History.conversation``)."""
 
     message: Message
     key: bytes  # form(message)
@@ -232,25 +231,43 @@ class Shown:
 @dataclass(slots=True)
 class Plan:
     model: list[Message]  # what the model gets
-    append: list[Message]  # request messages new to the session
-    cut: int | None  # supersede every active record from this index of ``active`` on
+    append: list[Message]  # request messages new to the session's conversation
+    system: list[Message]  # system messages new to the session (stored before ``append``)
+    system_cut: int | None  # a changed system prompt: supersede its records from this index on
+    cut: int | None  # an edit: supersede the conversation's records from this index on
 
 
 class History:
-    """A session's records and what they derive: the active ones, the visible conversation with the forms
-    it is compared by, the ids of the tool calls its client never saw, and the conversation's lookup
-    hash, all kept up to date record by record (a turn never recomputes the stored side)."""
+    """A session's records and what they derive: the active ones, the current system prompt, the
+    visible conversation with the forms it is compared by, the ids of the tool calls its client never
+    saw, and the conversation's lookup hash, all kept up to date record by record (a turn never recomputes
+    the stored side).
+
+    System and developer messages (``system``) are the client's instructions, compared apart from the
+    conversation: a request that brings other ones replaces them (stored with its turn, the old ones
+    superseded; a shared beginning stays) and never forks or supersedes the conversation for that. The
+    model gets the request's own system messages where the request puts them (inline ones included: a
+    note before the last user message stays there), or, when a request brings none, the stored ones in
+    front."""
 
     def __init__(self) -> None:
         self.records: list[Record] = []
         self.next_seq = 0
         self.turns = 0
         self.internal: set[str] = set()  # ids of tool calls the client never saw
-        self.active: list[Record] = []
-        self.shown: list[Shown] = []
+        self.active: list[Record] = []  # in file order
+        self.system: list[Record] = []  # the active system and developer messages
+        self._system_keys: list[bytes] = []
+        self.conversation: list[Record] = []  # the other active records: what the model is sent
+        self.shown: list[Shown] = []  # the visible conversation
         self._prefix = hashlib.sha256()  # over the forms of shown[:-1]
         self._stale = False  # the prefix lost messages (a cut): redone from the forms when next needed
         self._lookup: str | None = None
+
+    @property
+    def message_count(self) -> int:
+        """The visible messages: the system prompt and the visible conversation."""
+        return len(self.system) + len(self.shown)
 
     def apply(self, record: Record) -> None:
         self.records.append(record)
@@ -258,23 +275,42 @@ class History:
         self.turns = max(self.turns, record.turn)
         self._derive(record)
 
-    def cut(self, start: int) -> None:
-        """Supersedes every active record from index ``start`` on (an edit's cut). The visible messages
-        before the cut keep their forms: only the hash is redone, from them."""
-        for record in self.active[start:]:
-            record.superseded = True
-        del self.active[start:]
-        while self.shown and self.shown[-1].start >= start:
-            self.shown.pop()
-        self._stale, self._lookup = True, None
+    def superseded(self, plan: Plan) -> list[int]:
+        """The seqs of the records ``plan`` supersedes."""
+        seqs = [r.seq for r in self.system[plan.system_cut :]] if plan.system_cut is not None else []
+        if plan.cut is not None:
+            seqs += [r.seq for r in self.conversation[plan.cut :]]
+        return seqs
+
+    def supersede(self, plan: Plan) -> None:
+        """Marks what ``plan`` supersedes: the old system prompt, an edit's cut. The visible messages
+        before a cut keep their forms: only the hash is redone, from them."""
+        if plan.system_cut is not None:
+            for record in self.system[plan.system_cut :]:
+                record.superseded = True
+            del self.system[plan.system_cut :], self._system_keys[plan.system_cut :]
+        if plan.cut is not None:
+            for record in self.conversation[plan.cut :]:
+                record.superseded = True
+            del self.conversation[plan.cut :]
+            while self.shown and self.shown[-1].start >= plan.cut:
+                self.shown.pop()
+            self._stale, self._lookup = True, None
+        self.active = [r for r in self.active if not r.superseded]
 
     def _derive(self, record: Record) -> None:
         if record.superseded:
             return
-        index = len(self.active)
         self.active.append(record)
         message, visible = record.message, record.visible
-        if message.get("role") == "assistant" and visible is not message:
+        role = message.get("role")
+        if role in SYSTEM_ROLES:
+            self.system.append(record)
+            self._system_keys.append(form(message))
+            return
+        index = len(self.conversation)
+        self.conversation.append(record)
+        if role == "assistant" and visible is not message:
             shown_ids = call_ids(visible)
             self.internal.update(i for i in call_ids(message) if i not in shown_ids)
         if visible is None:
@@ -291,13 +327,14 @@ class History:
             last.key, last.calls, last.stop = form(last.message), calls_of(last.message), index + 1
             return
         if last is not None and not self._stale:
-            self._prefix.update(last.key + b"\n")
+            self._prefix.update(last.key)
+            self._prefix.update(b"\n")
         self.shown.append(
             Shown(visible, form(visible), calls_of(visible), index, index + 1, record.turn, record.by)
         )
 
     def lookup(self) -> str:
-        """The hash of the visible conversation, as ``Request.lookup`` makes it of a request's messages."""
+        """The hash of the visible conversation, as ``Request.lookup`` makes it of a request's."""
         if self._lookup is None:
             if self._stale:
                 self._prefix, self._stale = hashlib.sha256(), False
@@ -306,16 +343,14 @@ class History:
                     self._prefix.update(b"\n")
             h = self._prefix.copy()
             if self.shown:
-                h.update(self.shown[-1].key + b"\n")
+                h.update(self.shown[-1].key)
+                h.update(b"\n")
             self._lookup = h.hexdigest()
         return self._lookup
 
-    def _same(self, request: Request, i: int, shown: Shown) -> bool:
-        return request.keys[i] == shown.key and _seen(request.calls.get(i), self.internal) == shown.calls
-
     def _common(self, request: Request, limit: int) -> int:
-        """How many of the request's first ``limit`` messages are the visible conversation's first (a
-        comparison of forms computed already, mostly one memcmp each)."""
+        """How many of the request's first ``limit`` conversation messages are the visible conversation's
+        first (a comparison of forms computed already, mostly one memcmp each)."""
         keys, calls, internal, shown = request.keys, request.calls, self.internal, self.shown
         n = min(limit, len(shown))
         for k in range(n):
@@ -327,39 +362,57 @@ class History:
         return n
 
     def matches(self, request: Request) -> bool:
-        """Whether the request's messages before its tail are exactly the visible conversation."""
+        """Whether the request's conversation before its tail is exactly the visible conversation."""
         n = request.split
-        if n != len(self.shown):
-            return False
-        if n and not self._same(request, n - 1, self.shown[n - 1]):  # the last differs most often
-            return False
-        return self._common(request, n) == n
+        return n == len(self.shown) and self._common(request, n) == n
 
     def plan(self, request: Request) -> Plan:
-        """SPEC's three cases: resend everything, edit/regenerate, only the new message."""
-        messages, internal, shown = request.messages, self.internal, self.shown
-        k = self._common(request, len(messages))
-        history = [r.message for r in self.active]
+        """SPEC's three cases, for the conversation: the request resends everything (only its new tail is
+        added), or shares a beginning and then differs (an edit or a regenerate: from the first difference
+        on, the request wins), or shares nothing (a client sending only its new message: the stored
+        conversation, internal tool traffic included, goes in front). The system prompt apart."""
+        shown = self.shown
+        k = self._common(request, len(request.conversation))
+        if k == len(shown) or k == 0:
+            used, cut, stored = k, None, self.conversation
+        else:  # the cut falls after the last shared message: a superseded answer's tool traffic goes too
+            used, cut = k, shown[k - 1].stop
+            stored = self.conversation[:cut]
+        new = [without_internal(m, self.internal) for m in request.conversation[used:]]
+        model = self._model(request, stored, used, new)
+        keys, old = request.system_keys, self._system_keys
+        if not keys or keys == old:  # none brought (a stateful client), or the same
+            return Plan(model, new, [], None, cut)
+        # Another system prompt: what it shares with the stored one from the start stays (a prompt that
+        # only adds or changes a note at its end is not stored again), the rest is replaced.
+        p = 0
+        while p < len(keys) and p < len(old) and keys[p] == old[p]:
+            p += 1
+        return Plan(model, new, [m for _, m in request.system[p:]], p if p < len(old) else None, cut)
 
-        def tail(start: int) -> list[Message]:
-            return [without_internal(m, internal) for m in messages[start:]]
+    def _model(self, request: Request, stored: list[Record], used: int, new: list[Message]) -> list[Message]:
+        """The model's messages: the system messages of the request where it put them (or the stored ones
+        in front), the stored records standing for the request's first ``used`` conversation messages (or
+        all of them in front, when nothing is shared), then the new messages."""
+        if not request.system:
+            return [r.message for r in self.system] + [r.message for r in stored] + new
+        front = [m for before, m in request.system if before == 0]
+        inline = [(before, m) for before, m in request.system if before > 0]
+        messages = [r.message for r in stored]
+        if not inline:
+            return front + messages + new
+        # before ``used``: ahead of the first record of the stored message it preceded in the request
+        in_stored = [(self.shown[b].start, m) for b, m in inline if b < used]
+        in_new = [(b - used, m) for b, m in inline if b >= used]
+        return front + _spliced(messages, in_stored) + _spliced(new, in_new)
 
-        if k == len(shown):  # the request begins with the whole visible conversation
-            new = tail(k)
-            return Plan(history + new, new, None)
-        sys_r = _leading_system(request.roles)
-        sys_v = _leading_system(s.message.get("role") for s in shown)
-        if sys_r < len(messages) and sys_v < len(shown) and not self._same(request, sys_r, shown[sys_v]):
-            # Nothing shared but the system prompt: the stored conversation goes in front. A request
-            # with another system prompt gets it for this call; the session keeps its own.
-            new = tail(sys_r)
-            if sys_r and not (sys_r == sys_v and self._common(request, sys_r) == sys_r):
-                rest = history[_leading_system(m.get("role") for m in history) :]
-                return Plan([dict(m) for m in messages[:sys_r]] + rest + new, new, None)
-            return Plan(history + new, new, None)
-        # An edit or a regenerate: from the first difference on, the request wins. The cut falls right
-        # after the last record of the last shared message, so internal tool traffic of a superseded
-        # answer goes with it.
-        cut = shown[k - 1].stop if k else 0
-        new = tail(k)
-        return Plan(history[:cut] + new, new, cut)
+
+def _spliced(items: list[Message], inserts: list[tuple[int, Message]]) -> list[Message]:
+    """``items`` with each insert placed before the item at its index (in order; at the end past it)."""
+    out: list[Message] = []
+    done = 0
+    for at, message in inserts:
+        out += items[done:at]
+        out.append(message)
+        done = max(done, at)
+    return out + items[done:]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import files
-from .format import CLEAN, INDEX, meta_row
+from .format import CLEAN, INDEX, META_FORMAT, meta_row
 
 log = logging.getLogger("sorat.sessions")
 
@@ -32,7 +32,7 @@ _ROW = "key, id, title, model, created_at, updated_at, message_count, lookup, ve
 
 
 class Database:
-    SCHEMA = 1
+    SCHEMA = 2  # 2: the lookup hash leaves system messages out
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -290,19 +290,25 @@ class Index:
     async def _rebuild(self, resave: Resave) -> None:
         try:
             entries = await asyncio.to_thread(files.scan, self.root, self._run)
-            rows, stale = [], []
+            rows, stale, outdated = [], [], []
             for key, meta, size in entries:
                 row = meta_row(key, meta, size)
                 if row is None:
                     stale.append(key)
                 else:
                     rows.append(row)
+                    if (meta or {}).get("format") != META_FORMAT:
+                        outdated.append(key)
             await self._call(self._db.upsert, rows, check=True)
             for key in stale:  # a crash mid-turn, or no metadata: rebuilt from the messages
                 await resave(key)
             await self._call(self._db.prune)
+            self._ready.set()  # outdated rows list right: only their lookup hash waits for the messages
+            for key in outdated:
+                await resave(key)
             self.trusted = True
-            log.info("session index rebuilt: %d sessions (%d from their messages)", len(entries), len(stale))
+            rebuilt = len(stale) + len(outdated)
+            log.info("session index rebuilt: %d sessions (%d from their messages)", len(entries), rebuilt)
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -51,7 +51,7 @@ class Session:
             "model": self.model,
             "created_at": int(self.created_at),
             "updated_at": int(self.updated_at),
-            "message_count": len(self.history.shown),
+            "message_count": self.history.message_count,
         }
 
     def meta(self) -> dict[str, Any]:
@@ -64,7 +64,7 @@ class Session:
             "model": self.model,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
-            "message_count": len(self.history.shown),
+            "message_count": self.history.message_count,
             "lookup": self.history.lookup(),
             "size": self.size,
             "version": self.version,

@@ -28,7 +28,7 @@ from .. import errors
 from ..types import Message
 from . import files
 from .format import Record, dumps, header_line, key_of, meta_row, new_id, supersede_line, valid_session_id
-from .history import SYSTEM_ROLES, Request, with_results
+from .history import Request, with_results
 from .index import Index
 from .session import Session, load
 
@@ -283,12 +283,12 @@ class SessionStore:
         history = session.history
         plan = history.plan(request)
         number = history.turns + 1
-        if plan.cut is not None:
-            seqs = [r.seq for r in history.active[plan.cut :]]
-            if seqs:
-                self._write(session, supersede_line(time.time(), number, seqs))
-                history.cut(plan.cut)
-        self._append(session, [(m, ...) for m in plan.append], by="client", turn=number)
+        seqs = history.superseded(plan)
+        if seqs:
+            self._write(session, supersede_line(time.time(), number, seqs))
+            history.supersede(plan)
+        new = [*plan.system, *plan.append]  # a new system prompt is stored with its turn
+        self._append(session, [(m, ...) for m in new], by="client", turn=number)
         return Turn(self, session, shown_id, created, with_results(plan.model), number, model)
 
     async def _exit(self, turn: Turn) -> None:
@@ -308,7 +308,7 @@ class SessionStore:
     async def _find(self, request: Request) -> str | None:
         """The session whose visible conversation is exactly the request's earlier messages: a cached one
         (compared at once: most cost a length check), else one the index finds by hash."""
-        if all(role in SYSTEM_ROLES for role in request.roles[: request.split]):
+        if request.split == 0:
             return None  # a first message starts a new conversation
         tried: set[str] = set()
         for key, cached in reversed(self._cache.items()):
