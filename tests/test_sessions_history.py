@@ -419,6 +419,63 @@ async def test_tool_results_then_a_user_message_continue_the_session(store: Sess
     assert not any(m.get("superseded") for m in row["messages"])
 
 
+# --- results a client sends for internal tool calls --------------------------------------------------
+
+
+async def internal_turn(store: SessionStore, session_id: str | None) -> str:
+    """A turn with an internal call, streamed with tool_events=tool_calls: a client sees the call."""
+    async with store.turn(session_id, [SYSTEM, user("list files")], model="m") as turn:
+        await turn.add(assistant("Looking. ", [call("int_1")]), visible=assistant("Looking. "))
+        await turn.add(result("int_1", "a.txt"), visible=None)
+        await turn.add(assistant("One file."))
+        return turn.id
+
+
+STORED = [
+    SYSTEM,
+    user("list files"),
+    assistant("Looking. ", [call("int_1")]),
+    result("int_1", "a.txt"),
+    assistant("One file."),
+]
+ECHOED = [SYSTEM, user("list files"), assistant("Looking. One file.", [call("int_1")])]
+FAILED = result("int_1", "error: no such tool")  # what a client that could not run the call answers
+
+
+@pytest.mark.parametrize("header", [True, False])
+async def test_results_for_internal_calls_are_neither_stored_nor_sent(
+    root: Path, store: SessionStore, header: bool
+) -> None:
+    sid = await internal_turn(store, "int" if header else None)
+    async with store.turn(sid if header else None, [*ECHOED, FAILED, user("thanks")], model="m") as turn:
+        assert turn.id == sid and not turn.created
+        assert turn.messages == [*STORED, user("thanks")]
+        await turn.add(assistant("You're welcome."))
+    contents = [d["message"]["content"] for d in message_lines(root / f"{sid}.jsonl")]
+    assert "error: no such tool" not in contents and contents.count("list files") == 1
+    row = await store.get(sid, include_superseded=True)
+    assert row is not None and not any(m.get("superseded") for m in row["messages"])
+    # later in the history too, and after a restart (the index finds it: its hash leaves results out)
+    request = [*ECHOED, FAILED, user("thanks"), assistant("You're welcome."), user("bye")]
+    await store.close()
+    async with SessionStore(root) as again:
+        async with again.turn(None, request, model="m") as turn:
+            assert turn.id == sid and turn.messages == [
+                *STORED,
+                user("thanks"),
+                assistant("You're welcome."),
+                user("bye"),
+            ]
+
+
+async def test_only_results_for_internal_calls_bring_nothing_new(root: Path, store: SessionStore) -> None:
+    sid = await internal_turn(store, None)
+    before = message_lines(root / f"{sid}.jsonl")
+    async with store.turn(None, [*ECHOED, FAILED], model="m") as turn:
+        assert turn.id == sid and turn.messages == STORED
+    assert message_lines(root / f"{sid}.jsonl") == before
+
+
 # --- canonical forms ---------------------------------------------------------------------------------
 
 IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
