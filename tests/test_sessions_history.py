@@ -550,3 +550,24 @@ async def test_the_hash_after_an_edit_finds_the_session_after_a_restart(root: Pa
         async with store.turn(None, request, model="m") as turn:
             assert turn.id == "e" and not turn.created
             assert turn.messages == request
+
+
+def test_every_call_gets_a_result_for_the_model() -> None:
+    """A call left without its result (a process killed mid-call) gets a placeholder before what follows;
+    a call at the very end still waits for its result."""
+    missing = {"role": "tool", "tool_call_id": "c2", "content": history.NO_RESULT}
+    messages = [
+        user("q"),
+        assistant(None, [call("c1"), call("c2")]),
+        result("c1", "one"),
+        assistant("next"),
+        assistant(None, [call("c3")]),
+        result("c3", "three"),
+        user("q2"),
+        assistant(None, [call("c4")]),
+    ]
+    out = history.with_results(messages)
+    assert out == [*messages[:3], missing, *messages[3:]]
+    out[0]["content"] = "changed"
+    assert messages[0]["content"] == "q"  # a copy: the model's side never touches the session's
+    assert history.with_results(messages[:3]) == messages[:3]

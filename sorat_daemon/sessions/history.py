@@ -144,20 +144,22 @@ def without_internal(message: Message, internal: set[str]) -> Message:
 
 def with_results(messages: Sequence[Message]) -> list[Message]:
     """The model's copy with a result for every tool call left without one: a process killed, stopped or
-    cancelled between a call and its result leaves it so in the file, and providers refuse such a history."""
-    out: list[Message] = []
-    waiting: list[str] = []  # ids of the last assistant message's calls that no result answered yet
-    for message in messages:
-        role = message.get("role")
-        if role == "tool":
-            if message.get("tool_call_id") in waiting:
-                waiting.remove(message["tool_call_id"])
-        elif waiting:
-            out += [{"role": "tool", "tool_call_id": i, "content": NO_RESULT} for i in waiting]
-            waiting = []
-        out.append(dict(message))
-        if role == "assistant" and isinstance(message.get("tool_calls"), list):
-            waiting = sorted(call_ids(message))
+    cancelled between a call and its result leaves it so in the file, and providers refuse such a history.
+    (A call at the very end waits for its result: nothing follows it yet.) One copy per message and a
+    look at the few messages with tool calls: this runs for every turn over the whole history."""
+    out = [dict(m) for m in messages]
+    callers = [i for i, m in enumerate(messages) if "tool_calls" in m]
+    for i in reversed(callers):  # from the end: an insertion moves only what comes after it
+        if messages[i].get("role") != "assistant" or not isinstance(messages[i].get("tool_calls"), list):
+            continue
+        waiting = sorted(call_ids(messages[i]))
+        j = i + 1
+        while j < len(messages) and messages[j].get("role") == "tool":
+            if messages[j].get("tool_call_id") in waiting:
+                waiting.remove(messages[j]["tool_call_id"])
+            j += 1
+        if waiting and j < len(messages):
+            out[j:j] = [{"role": "tool", "tool_call_id": c, "content": NO_RESULT} for c in waiting]
     return out
 
 
