@@ -449,7 +449,7 @@ async def test_results_for_internal_calls_are_neither_stored_nor_sent(
     sid = await internal_turn(store, "int" if header else None)
     async with store.turn(sid if header else None, [*ECHOED, FAILED, user("thanks")], model="m") as turn:
         assert turn.id == sid and not turn.created
-        assert turn.messages == [*STORED, user("thanks")]
+        assert turn.messages == [*STORED, user("thanks")] and turn.new == [user("thanks")]
         await turn.add(assistant("You're welcome."))
     contents = [d["message"]["content"] for d in message_lines(root / f"{sid}.jsonl")]
     assert "error: no such tool" not in contents and contents.count("list files") == 1
@@ -472,7 +472,7 @@ async def test_only_results_for_internal_calls_bring_nothing_new(root: Path, sto
     sid = await internal_turn(store, None)
     before = message_lines(root / f"{sid}.jsonl")
     async with store.turn(None, [*ECHOED, FAILED], model="m") as turn:
-        assert turn.id == sid and turn.messages == STORED
+        assert turn.id == sid and turn.messages == STORED and turn.new == []
     assert message_lines(root / f"{sid}.jsonl") == before
 
 

@@ -52,7 +52,7 @@ class Turn:
 
     def __init__(
         self, store: SessionStore, session: Session, session_id: str, created: bool,
-        messages: list[Message], number: int, model: str,
+        messages: list[Message], new: list[Message], number: int, model: str,
     ) -> None:  # fmt: skip
         self._store = store
         self._session = session
@@ -62,6 +62,9 @@ class Turn:
         self.id = session_id
         self.created = created
         self.messages = messages  # a snapshot taken on entry: add() does not change it
+        # The request's messages new to the conversation; empty when it brought nothing new (say, only
+        # results a client sent for internal calls): SPEC has the turn's last answer again, no model call.
+        self.new = new
 
     @property
     def needs_title(self) -> bool:
@@ -289,7 +292,7 @@ class SessionStore:
             history.supersede(plan)
         new = [*plan.system, *plan.append]  # a new system prompt is stored with its turn
         self._append(session, [(m, ...) for m in new], by="client", turn=number)
-        return Turn(self, session, shown_id, created, with_results(plan.model), number, model)
+        return Turn(self, session, shown_id, created, with_results(plan.model), plan.append, number, model)
 
     async def _exit(self, turn: Turn) -> None:
         session = turn._session
