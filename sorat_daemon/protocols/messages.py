@@ -68,7 +68,7 @@ def tool_id_in(tool_id: str) -> str:
         original = base64.urlsafe_b64decode(data + "=" * (-len(data) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         return tool_id
-    return original if tool_id_out(original) == tool_id else tool_id
+    return original if original and tool_id_out(original) == tool_id else tool_id
 
 
 @dataclass(slots=True)

@@ -74,7 +74,7 @@ def _tool_input(arguments: str) -> tuple[str, JSON]:
     """A call's arguments as Anthropic's ``input`` object (and its JSON): what is not one becomes ``{}``,
     which the client's tool answers with an error the model can read, rather than a broken stream."""
     try:
-        value = orjson.loads(arguments) if arguments.strip() else {}
+        value = orjson.loads(arguments) if arguments.strip() else None
     except orjson.JSONDecodeError:
         value = None
     if not isinstance(value, dict):
