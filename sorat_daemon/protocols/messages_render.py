@@ -92,10 +92,31 @@ def usage_of(done: agent.Done, estimate: int) -> JSON:
     }
 
 
-class MessagesRenderer:
-    """One answer: blocks opened and closed as the events come, in the stream and in the whole answer."""
+_DELTA_HEAD = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
+_TEXT = b',"delta":{"type":"text_delta","text":'
+_THINKING = b',"delta":{"type":"thinking_delta","thinking":'
+_DELTA_TAIL = b"}}\n\n"
+_KEYS = {"text": ("text", _TEXT), "thinking": ("thinking", _THINKING)}
 
-    __slots__ = ("_id", "_model", "_mode", "_estimate", "_index", "_open", "_round", "_failed", "_content")
+
+class MessagesRenderer:
+    """One answer: blocks opened and closed as the events come, in the stream and in the whole answer
+    (which alone keeps what the blocks say)."""
+
+    __slots__ = (
+        "_id",
+        "_model",
+        "_mode",
+        "_estimate",
+        "_index",
+        "_open",
+        "_head",
+        "_round",
+        "_failed",
+        "_content",
+        "_said",
+        "_collect",
+    )
 
     def __init__(self, model: str, mode: str, estimate: int = 0) -> None:
         self._id = new_message_id()
@@ -104,44 +125,47 @@ class MessagesRenderer:
         self._estimate = estimate
         self._index = -1  # of the last block started
         self._open: str | None = None  # "text" | "thinking": the block a delta goes to
+        self._head = b""  # the open block's delta frame up to its text
         self._round = -1  # the model call the open text block came from
         self._failed = False
-        self._content: list[JSON] = []  # the blocks so far, for a whole answer
+        self._content: list[JSON] = []  # the blocks so far
+        self._said: list[str] = []  # the open block's text, for a whole answer
+        self._collect = False  # a whole answer: keep what each block says
 
     def _start(self, block: JSON) -> bytes:
         out = self._close()
         self._index += 1
         self._content.append(block)
         start = {"type": "content_block_start", "index": self._index, "content_block": block}
-        self._open = block["type"] if block["type"] in ("text", "thinking") else None
+        kind = block["type"]
+        if kind in _KEYS:
+            self._open = kind
+            self._head = _DELTA_HEAD + str(self._index).encode() + _KEYS[kind][1]
         return out + _frame(b"content_block_start", start)
 
     def _close(self) -> bytes:
         if self._open is None:
             return b""
+        if self._collect:
+            self._content[-1][_KEYS[self._open][0]] = "".join(self._said)
+            self._said.clear()
         self._open = None
         return _frame(b"content_block_stop", {"type": "content_block_stop", "index": self._index})
 
     def _delta(self, kind: str, text: str, round: int | None = None) -> bytes:
         out = b""
         if self._open != kind or (round is not None and round != self._round):
-            out = self._start(
+            block = (
                 {"type": "text", "text": ""}
                 if kind == "text"
                 else {"type": "thinking", "thinking": "", "signature": ""}
             )
+            out = self._start(block)
         if round is not None:
             self._round = round
-        block = self._content[-1]
-        if kind == "text":
-            block["text"] += text
-            delta: JSON = {"type": "text_delta", "text": text}
-        else:
-            block["thinking"] += text
-            delta = {"type": "thinking_delta", "thinking": text}
-        return out + _frame(
-            b"content_block_delta", {"type": "content_block_delta", "index": self._index, "delta": delta}
-        )
+        if self._collect:
+            self._said.append(text)
+        return out + self._head + orjson.dumps(text) + _DELTA_TAIL
 
     def begin(self) -> bytes:
         message: JSON = {
@@ -203,6 +227,7 @@ class MessagesRenderer:
         return b"" if self._failed else _STOP
 
     async def whole(self, run: Run) -> bytes:
+        self._collect = True
         held: agent.Text | None = None  # a whole model answer gives its text before its reasoning
         async for ev in run:
             if isinstance(ev, agent.Reasoning) and held is not None and held.round == ev.round:
