@@ -301,6 +301,48 @@ def test_history_matching_ignores_moving_cache_control(daemon: DaemonProc, upstr
     ]
 
 
+def test_claude_codes_changing_system_messages_neither_fork_nor_restore(
+    daemon: DaemonProc, upstream: Upstream
+) -> None:
+    """Claude Code's inline system messages change from turn to turn: they are instructions, compared apart
+    from the conversation, so the session keeps each message once and superseded none of them (the new
+    system prompt is stored with its turn)."""
+    cc = "5d0e7c1a-moving-system-prompt"
+    system = [{"type": "text", "text": "You are a coding agent.", "cache_control": {"type": "ephemeral"}}]
+    history: list[dict[str, Any]] = [
+        {"role": "user", "content": [{"type": "text", "text": "sysmove-marker"}]}
+    ]
+    for turn in range(3):
+        inline = {"role": "system", "content": f"Reminder for turn {turn}."}
+        upstream.script(text(f"answer {turn}"))
+        payload = {
+            "max_tokens": 50,
+            "system": system,
+            "tools": [BASH],
+            "messages": [*history[:1], inline, *history[1:]],
+        }
+        r = post(daemon, payload, **{CC_SESSION: cc})
+        assert r.headers["x-session-id"] == cc
+        history += [
+            {"role": "assistant", "content": [{"type": "text", "text": f"answer {turn}"}]},
+            {"role": "user", "content": f"next {turn}"},
+        ]
+    full = httpx.get(daemon.url + f"/v1/sessions/{cc}?include_superseded=1", headers=daemon.headers()).json()
+    said = [(m["role"], m["content"]) for m in full["messages"] if m["role"] in ("user", "assistant")]
+    assert said == [
+        ("user", "sysmove-marker"),
+        ("assistant", "answer 0"),
+        ("user", "next 0"),
+        ("assistant", "answer 1"),
+        ("user", "next 1"),
+        ("assistant", "answer 2"),
+    ]
+    assert not any(m.get("superseded") for m in full["messages"] if m["role"] != "system")
+    last = requests_with(upstream, "sysmove-marker")[-1]["messages"]
+    assert last[0] == {"role": "system", "content": "You are a coding agent.\n\nReminder for turn 2."}
+    assert [m["role"] for m in last].count("system") == 1
+
+
 # -- count_tokens --------------------------------------------------------------------------------------------
 
 
