@@ -161,19 +161,43 @@ def _result_content(content: Any, where: str, images: list[JSON]) -> str:
     return "\n".join(texts)
 
 
-def _user(content: list[Any], where: str, pending: set[str] | None, out: list[Message]) -> None:
-    """A user message's blocks: its tool results first (as ``tool`` messages), then its text and images."""
-    parts: list[JSON] = []
+def _at(i: int, j: int) -> str:
+    return f"messages[{i}].content[{j}]"
+
+
+def _user(content: list[Any], i: int, pending: set[str] | None, out: list[Message]) -> None:
+    """A user message's blocks: its tool results first (as ``tool`` messages), then its text and images.
+    Error locations are formatted only when raised: a long history is read on every request."""
+    parts: list[str | JSON] = []  # texts as strings until it is known whether they are all text
     images: list[JSON] = []
+    only_text = True
     for j, block in enumerate(content):
-        at = f"{where}[{j}]"
-        kind = block["type"]
+        kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
-            parts.append({"type": "text", "text": _text(block, at)})
+            text = block.get("text")
+            if not isinstance(text, str):
+                raise _bad(f"{_at(i, j)}.text must be a string", f"{_at(i, j)}.text")
+            parts.append(text)
+        elif kind == "tool_result":
+            raw_id = block.get("tool_use_id")
+            if not isinstance(raw_id, str) or not raw_id:
+                raise _bad(f"{_at(i, j)}.tool_use_id must be a non-empty string", f"{_at(i, j)}.tool_use_id")
+            call_id = tool_id_in(raw_id)
+            if pending is not None and call_id not in pending:
+                raise _bad(
+                    f"{_at(i, j)}: unexpected tool_use_id {raw_id!r} in a tool_result block: each tool_result"
+                    " must answer a tool_use block of the previous assistant message",
+                    f"{_at(i, j)}.tool_use_id",
+                )
+            result = block.get("content")
+            if not isinstance(result, str):
+                result = _result_content(result, f"{_at(i, j)}.content", images)
+            out.append({"role": "tool", "tool_call_id": call_id, "content": result})
         elif kind == "image":
-            part = _image(block, at)
+            part = _image(block, _at(i, j))
             if part is not None:
                 parts.append(part)
+                only_text = False
         elif kind == "document":
             source = block.get("source")
             if (
@@ -181,77 +205,62 @@ def _user(content: list[Any], where: str, pending: set[str] | None, out: list[Me
                 and source.get("type") == "text"
                 and isinstance(source.get("data"), str)
             ):
-                parts.append({"type": "text", "text": source["data"]})
-        elif kind == "tool_result":
-            raw_id = block.get("tool_use_id")
-            if not isinstance(raw_id, str) or not raw_id:
-                raise _bad(f"{at}.tool_use_id must be a non-empty string", f"{at}.tool_use_id")
-            call_id = tool_id_in(raw_id)
-            if pending is not None and call_id not in pending:
-                raise _bad(
-                    f"{at}: unexpected tool_use_id {raw_id!r} in a tool_result block: each tool_result must "
-                    "answer a tool_use block of the previous assistant message",
-                    f"{at}.tool_use_id",
-                )
-            text = _result_content(block.get("content"), f"{at}.content", images)
-            out.append({"role": "tool", "tool_call_id": call_id, "content": text})
-    parts += images
+                parts.append(source["data"])
+        elif not isinstance(kind, str):
+            raise _bad(f"{_at(i, j)} must be an object with a string 'type'", _at(i, j))
+    if images:
+        parts += images
+        only_text = False
     if not parts:
         return
-    if all(p["type"] == "text" for p in parts):
-        out.append({"role": "user", "content": "\n\n".join(p["text"] for p in parts)})
+    if only_text:
+        out.append({"role": "user", "content": "\n\n".join(p for p in parts if isinstance(p, str))})
     else:
-        out.append({"role": "user", "content": parts})
+        out.append(
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": p} if isinstance(p, str) else p for p in parts],
+            }
+        )
 
 
-def _assistant(content: list[Any], where: str, out: list[Message]) -> set[str]:
+def _assistant(content: list[Any], i: int, out: list[Message]) -> set[str]:
     """An assistant message's text and tool calls (its echoed thinking dropped); the ids of its calls."""
     texts = []
     calls: list[JSON] = []
     ids: set[str] = set()
     for j, block in enumerate(content):
-        at = f"{where}[{j}]"
-        kind = block["type"]
+        kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
-            texts.append(_text(block, at))
+            text = block.get("text")
+            if not isinstance(text, str):
+                raise _bad(f"{_at(i, j)}.text must be a string", f"{_at(i, j)}.text")
+            texts.append(text)
         elif kind == "tool_use":
             raw_id, name, args = block.get("id"), block.get("name"), block.get("input")
             if not isinstance(raw_id, str) or not raw_id:
-                raise _bad(f"{at}.id must be a non-empty string", f"{at}.id")
+                raise _bad(f"{_at(i, j)}.id must be a non-empty string", f"{_at(i, j)}.id")
             if not isinstance(name, str) or not name:
-                raise _bad(f"{at}.name must be a non-empty string", f"{at}.name")
+                raise _bad(f"{_at(i, j)}.name must be a non-empty string", f"{_at(i, j)}.name")
             if args is not None and not isinstance(args, dict):
-                raise _bad(f"{at}.input must be an object", f"{at}.input")
+                raise _bad(f"{_at(i, j)}.input must be an object", f"{_at(i, j)}.input")
             try:
                 arguments = orjson.dumps(args or {}).decode()
             except TypeError:  # orjson reads 1024 levels of nesting but writes only 255
-                raise _bad(f"{at}.input is nested too deeply", f"{at}.input") from None
+                raise _bad(f"{_at(i, j)}.input is nested too deeply", f"{_at(i, j)}.input") from None
             call_id = tool_id_in(raw_id)
             ids.add(call_id)
             calls.append(
-                {
-                    "id": call_id,
-                    "type": "function",
-                    "function": {"name": name, "arguments": arguments},
-                }
+                {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
             )
+        elif not isinstance(kind, str):
+            raise _bad(f"{_at(i, j)} must be an object with a string 'type'", _at(i, j))
     text = "".join(texts)
     message: Message = {"role": "assistant", "content": text or (None if calls else "")}
     if calls:
         message["tool_calls"] = calls
     out.append(message)
     return ids
-
-
-def _blocks(content: Any, where: str) -> list[Any]:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}]
-    if not isinstance(content, list):
-        raise _bad(f"{where} must be a string or an array of content blocks", where)
-    for j, block in enumerate(content):
-        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
-            raise _bad(f"{where}[{j}] must be an object with a string 'type'", f"{where}[{j}]")
-    return content
 
 
 def convert_messages(system: Any, messages: Any) -> list[Message]:
@@ -262,22 +271,29 @@ def convert_messages(system: Any, messages: Any) -> list[Message]:
     out: list[Message] = []
     pending: set[str] | None = None  # the previous assistant message's call ids (None: none yet)
     for i, m in enumerate(messages):
-        where = f"messages[{i}]"
         if not isinstance(m, dict):
-            raise _bad(f"{where} must be an object", where)
+            raise _bad(f"messages[{i}] must be an object", f"messages[{i}]")
         role = m.get("role")
         content = m.get("content")
-        if role == "system":
-            texts += _system_text(content, f"{where}.content")
-        elif role == "user":
+        if role == "user" or role == "assistant":
             if isinstance(content, str):
-                out.append({"role": "user", "content": content})
+                if role == "user":
+                    out.append({"role": "user", "content": content})
+                    continue
+                content = [{"type": "text", "text": content}]
+            elif not isinstance(content, list):
+                where = f"messages[{i}].content"
+                raise _bad(f"{where} must be a string or an array of content blocks", where)
+            if role == "user":
+                _user(content, i, pending, out)
             else:
-                _user(_blocks(content, f"{where}.content"), f"{where}.content", pending, out)
-        elif role == "assistant":
-            pending = _assistant(_blocks(content, f"{where}.content"), f"{where}.content", out)
+                pending = _assistant(content, i, out)
+        elif role == "system":
+            texts += _system_text(content, f"messages[{i}].content")
         else:
-            raise _bad(f"{where}.role must be user, assistant or system, not {role!r}", f"{where}.role")
+            raise _bad(
+                f"messages[{i}].role must be user, assistant or system, not {role!r}", f"messages[{i}].role"
+            )
     if texts:
         out.insert(0, {"role": "system", "content": "\n\n".join(texts)})
     return out
