@@ -282,6 +282,39 @@ def test_claude_code_continue_keeps_one_session(
     assert [m["role"] for m in resent] == ["system", "user", "assistant", "user"]
 
 
+def test_claude_code_subagent_keeps_its_own_session(
+    claude: ClaudeCode, upstream: Upstream, daemon: DaemonProc
+) -> None:
+    """Claude Code's Agent tool runs a subagent whose requests carry the main conversation's session header:
+    the subagent gets a session of its own, and the main one keeps its messages once."""
+    task = {
+        "description": "Say hello",
+        "prompt": "cc-agent-sub: say hello",
+        "subagent_type": "general-purpose",
+    }
+    upstream.script(tool_calls([("Agent", task)]), text("Hello from the subagent."), text("Main is done."))
+    out = json.loads(
+        claude(
+            "-p", "cc-agent-main: ask a subagent", "--allowedTools", "Agent", "--output-format", "json"
+        ).stdout
+    )
+    assert out["result"] == "Main is done."
+    sub = requests_with(upstream, "cc-agent-sub: say hello")
+    assert (
+        sub[0]["messages"][0]["content"]
+        != requests_with(upstream, "cc-agent-main")[0]["messages"][0]["content"]
+    )
+    (main,) = sessions_with(daemon, "cc-agent-main")
+    assert main["id"] == out["session_id"]
+    with daemon.client() as c:
+        full = c.get(f"/v1/sessions/{main['id']}", params={"include_superseded": "1"}).json()
+    assert not any(m.get("superseded") for m in full["messages"] if m["role"] != "system")
+    said = [m["role"] for m in full["messages"] if m["role"] != "system"]
+    assert said == ["user", "assistant", "tool", "assistant"]
+    subs = [s for s in sessions_with(daemon, "cc-agent-sub: say hello") if s["id"] != main["id"]]
+    assert len(subs) == 1 and "Hello from the subagent." in json.dumps(subs[0]["messages"])
+
+
 # -- Claude Code, interactive (tmux) ------------------------------------------------------------------------
 
 

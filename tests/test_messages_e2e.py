@@ -343,6 +343,63 @@ def test_claude_codes_changing_system_messages_neither_fork_nor_restore(
     assert [m["role"] for m in last].count("system") == 1
 
 
+def test_a_claude_code_subagent_gets_a_session_of_its_own(daemon: DaemonProc, upstream: Upstream) -> None:
+    """Claude Code's subagents send their own conversations under the main one's session header, with a
+    system prompt of their own: they go by the history matching, and the main session keeps its messages
+    once, nothing superseded."""
+    cc = "9b7e3f10-main-and-subagent"
+    main_system = [{"type": "text", "text": "You are an interactive agent."}]
+    sub_system = [{"type": "text", "text": "You are an agent for Claude Code."}]
+    main = [{"role": "user", "content": "subagent-marker main task"}]
+    tools = [BASH, {**BASH, "name": "Agent"}]
+    upstream.script(tool_calls([("call_agent", "Agent", {"prompt": "look around"})]))
+    r = post(
+        daemon,
+        {"max_tokens": 50, "system": main_system, "tools": tools, "messages": main},
+        **{CC_SESSION: cc},
+    )
+    assert r.headers["x-session-id"] == cc
+    use = (
+        blocks(named_events(r.text))[-1]
+        if r.headers["content-type"] == "text/event-stream"
+        else r.json()["content"][-1]
+    )
+
+    sub: list[dict[str, Any]] = [{"role": "user", "content": "subagent-marker: look around"}]
+    for answer in ("sub one", "sub two"):
+        upstream.script(text(answer))
+        r = post(
+            daemon,
+            {"max_tokens": 50, "system": sub_system, "tools": tools, "messages": sub},
+            **{CC_SESSION: cc},
+        )
+        sub_session = r.headers["x-session-id"]
+        assert sub_session != cc
+        sub += [{"role": "assistant", "content": answer}, {"role": "user", "content": "more"}]
+    assert len({s["id"] for s in sessions(daemon) if s["id"] == sub_session}) == 1
+
+    upstream.script(text("main done"))
+    main += [
+        {"role": "assistant", "content": [use]},
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": use["id"], "content": "sub two"}],
+        },
+    ]
+    r = post(
+        daemon,
+        {"max_tokens": 50, "system": main_system, "tools": tools, "messages": main},
+        **{CC_SESSION: cc},
+    )
+    assert r.headers["x-session-id"] == cc
+    full = httpx.get(daemon.url + f"/v1/sessions/{cc}?include_superseded=1", headers=daemon.headers()).json()
+    assert not any(m.get("superseded") for m in full["messages"])
+    assert [m["role"] for m in full["messages"]] == ["system", "user", "assistant", "tool", "assistant"]
+    assert "look around" not in json.dumps([m for m in full["messages"] if m["role"] == "user"])
+    sub_full = session(daemon, sub_session)
+    assert [m["content"] for m in sub_full["messages"] if m["role"] == "assistant"] == ["sub one", "sub two"]
+
+
 # -- count_tokens --------------------------------------------------------------------------------------------
 
 

@@ -81,6 +81,9 @@ class MessagesRequest:
     tool_choice: Any = None
     params: JSON = field(default_factory=dict)
     skipped_tools: list[str] = field(default_factory=list)
+    # The top-level ``system`` (not the inline system messages): Claude Code's subagents share its session
+    # header but not its system prompt. A hash, stable within the process.
+    system_hash: int = 0
 
 
 def _bad(message: str, param: str | None = None) -> RequestError:
@@ -364,7 +367,8 @@ def parse_messages_request(body: bytes) -> MessagesRequest:
         raise _bad("Missing required parameter: 'max_tokens'", "max_tokens")
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise _bad("'max_tokens' must be a positive integer", "max_tokens")
-    messages = convert_messages(data.get("system"), data["messages"])
+    system = data.get("system")
+    messages = convert_messages(system, data["messages"])
     if not any(m["role"] != "system" for m in messages):
         raise _bad("'messages' must hold at least one user or assistant message", "messages")
     model = data.get("model")
@@ -390,6 +394,7 @@ def parse_messages_request(body: bytes) -> MessagesRequest:
         orjson.dumps(tools)
     except TypeError:
         raise _bad("The request is nested too deeply (more than 255 levels)") from None
+    system_hash = hash("\n\n".join(_system_text(system, "system"))) if system is not None else 0
     return MessagesRequest(
         messages,
         model or None,
@@ -399,6 +404,7 @@ def parse_messages_request(body: bytes) -> MessagesRequest:
         tool_choice,
         params,
         skipped,
+        system_hash,
     )
 
 
