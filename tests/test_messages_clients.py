@@ -53,8 +53,9 @@ def sessions_with(daemon: DaemonProc, marker: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def client(daemon: DaemonProc) -> Any:
-    return anthropic.Anthropic(base_url=daemon.url, api_key=daemon.token, max_retries=0)
+def client(daemon: DaemonProc) -> Iterator[Any]:
+    with anthropic.Anthropic(base_url=daemon.url, api_key=daemon.token, max_retries=0) as c:
+        yield c
 
 
 # -- anthropic-python -----------------------------------------------------------------------------------
