@@ -49,7 +49,6 @@ IMAGE_TOKENS = 1600
 _TOOL_ID = re.compile(r"[A-Za-z0-9_-]+")
 _MAPPED = "toolu_sorat_"
 _BILLING = "x-anthropic-billing-header:"
-_DROPPED_BLOCKS = frozenset({"thinking", "redacted_thinking"})
 
 
 def tool_id_out(call_id: str) -> str:
