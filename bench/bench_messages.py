@@ -1,4 +1,7 @@
-"""A Claude-Code-shaped conversation through ``/v1/messages``: what sorat adds per turn as the history grows.
+"""``/v1/messages`` in the benchmark: beside ``/v1/chat/completions`` (first-token latency and streamed
+requests per second at concurrency 32, the two protocols in alternating slices of the same run, so the
+machine's drift and the session store's growth weigh on both alike), and a Claude-Code-shaped conversation:
+what sorat adds per turn as the history grows.
 
 The first request is shaped like Claude Code 2.1's (about 76 kB: three system blocks, the first its billing
 line; 25 tools whose schemas carry ``$schema`` and ``additionalProperties``; a first user message with a
@@ -207,6 +210,51 @@ def _run(target: Any, job: dict[str, Any]) -> dict[str, Any]:
     out = parent.recv()
     p.join()
     return out  # type: ignore[no-any-return]
+
+
+def versus_chat(
+    run_job: Any,
+    chat: str,
+    messages: str,
+    token: str,
+    n_lat: int,
+    n_load: int,
+    pid: int,
+    cpu: Any,
+    slices: int = 4,
+) -> dict[str, dict[str, float]]:
+    """First token (sequential requests) and streamed req/s at c32 through both routes, slice by slice;
+    ``run_job`` and ``cpu`` are bench.py's load generator and process CPU clock."""
+    firsts: dict[str, list[float]] = {"chat": [], "messages": []}
+    done = {"chat": 0, "messages": 0}
+    wall = {"chat": 0.0, "messages": 0.0}
+    spent = {"chat": 0.0, "messages": 0.0}
+    errors = {"chat": 0, "messages": 0}
+    for _ in range(slices):
+        for proto, url in (("chat", chat), ("messages", messages)):
+            out = run_job(url=url, token=token, stream=True, count=n_lat // slices, warmup=10, protocol=proto)
+            firsts[proto] += [r[0] * 1000 for r in out["results"]]
+            errors[proto] += len(out["errors"])
+            before = cpu(pid)
+            count = n_load // slices
+            out = run_job(
+                url=url, token=token, stream=True, count=count, concurrency=32, warmup=32, protocol=proto
+            )
+            spent[proto] += cpu(pid) - before
+            done[proto] += len(out["results"])
+            wall[proto] += out["wall"]
+            errors[proto] += len(out["errors"])
+    result = {}
+    for proto in ("chat", "messages"):
+        f = sorted(firsts[proto])
+        result[proto] = {
+            "first_token_p50_ms": f[len(f) // 2],
+            "first_token_p99_ms": f[min(len(f) - 1, round(0.99 * (len(f) - 1)))],
+            "req_per_s": done[proto] / wall[proto],
+            "cpu_ms_per_request": spent[proto] / (done[proto] + 32 * slices) * 1000,
+            "errors": errors[proto],
+        }
+    return result
 
 
 def conversation(
