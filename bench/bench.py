@@ -11,6 +11,8 @@ What it reports (medians and ratios, since machines are noisy):
   and the ratio to the upstream alone (and to LiteLLM);
 - relay rate: chunks per second through one 5 000-chunk stream, and the ratio to the upstream alone;
 - agent overhead per tool round (beyond model and tool time);
+- the same latency and c32 rows through ``/v1/messages`` (Anthropic Messages), and a Claude-Code-shaped
+  100-turn conversation: what sorat adds per turn as the history grows (``bench/bench_messages.py``);
 - the session store figures of ``bench/bench_sessions.py``.
 
 The upstream runs in this process (its own thread and loop); every load generator runs in its own
@@ -39,28 +41,31 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import bench_messages  # noqa: E402
+
 from tests.upstream import Upstream, text, tool_calls  # noqa: E402
 
 ANSWER = "The quick brown fox jumps over the lazy dog and keeps on running far away."
 FIRST_CONTENT = b'"content":"'
+FIRST_TEXT = b'"text":"'  # /v1/messages: a text_delta (content_block_start's "text":"" is not one)
 
 
 # -- load generators (each in its own process) -------------------------------------------------------
 
 
-def _first_token_at(buf: bytes) -> bool:
+def _first_token_at(buf: bytes, marker: bytes = FIRST_CONTENT) -> bool:
     """A chunk with non-empty content has arrived."""
-    i = buf.find(FIRST_CONTENT)
+    i = buf.find(marker)
     while i != -1:
-        j = i + len(FIRST_CONTENT)
+        j = i + len(marker)
         if j < len(buf) and buf[j : j + 1] != b'"':
             return True
-        i = buf.find(FIRST_CONTENT, j)
+        i = buf.find(marker, j)
     return False
 
 
 async def _one(
-    session: Any, url: str, headers: dict[str, str], body: bytes, stream: bool
+    session: Any, url: str, headers: dict[str, str], body: bytes, stream: bool, marker: bytes = FIRST_CONTENT
 ) -> tuple[float, float, int]:
     """(time to first content, total time, chunks) of one request."""
     t0 = time.perf_counter()
@@ -76,7 +81,7 @@ async def _one(
         tail = b""
         async for data in resp.content.iter_any():
             if not first:
-                if _first_token_at(tail + data):
+                if _first_token_at(tail + data, marker):
                     first = time.perf_counter() - t0
                 tail = data[-32:]
             chunks += data.count(b"data: ")
@@ -102,6 +107,10 @@ async def _job(job: dict[str, Any]) -> dict[str, Any]:
     if token:
         headers["Authorization"] = f"Bearer {token}"
     body_obj: dict[str, Any] = {"model": job.get("model", "gpt-4o"), "stream": stream}
+    marker = FIRST_CONTENT
+    if job.get("protocol") == "messages":
+        body_obj["max_tokens"] = 1024
+        marker = FIRST_TEXT
     conc = job.get("concurrency", 1)
     connector = aiohttp.TCPConnector(limit=conc, force_close=False)
     timeout = aiohttp.ClientTimeout(total=600)
@@ -114,14 +123,16 @@ async def _job(job: dict[str, Any]) -> dict[str, Any]:
             for i in counter:
                 body_obj["messages"] = [{"role": "user", "content": f"request {i} {job.get('tag', '')}"}]
                 try:
-                    results.append(await _one(session, url, headers, json.dumps(body_obj).encode(), stream))
+                    results.append(
+                        await _one(session, url, headers, json.dumps(body_obj).encode(), stream, marker)
+                    )
                 except Exception as e:  # counted, reported
                     errors.append(str(e)[:200])
 
         # a few unmeasured requests warm the connection pool and the daemon's caches
         for _ in range(min(job.get("warmup", 0), job["count"])):
             body_obj["messages"] = [{"role": "user", "content": "warm-up"}]
-            await _one(session, url, headers, json.dumps(body_obj).encode(), stream)
+            await _one(session, url, headers, json.dumps(body_obj).encode(), stream, marker)
         t0 = time.perf_counter()
         await asyncio.gather(*(loop() for _ in range(conc)))
         wall = time.perf_counter() - t0
@@ -276,9 +287,9 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
 
 
-def latency(url: str, token: str | None, n: int) -> dict[str, float]:
-    whole = run_job(url=url, token=token, stream=False, count=n, warmup=20)
-    streamed = run_job(url=url, token=token, stream=True, count=n, warmup=20)
+def latency(url: str, token: str | None, n: int, protocol: str = "chat") -> dict[str, float]:
+    whole = run_job(url=url, token=token, stream=False, count=n, warmup=20, protocol=protocol)
+    streamed = run_job(url=url, token=token, stream=True, count=n, warmup=20, protocol=protocol)
     w = [r[1] * 1000 for r in whole["results"]]
     f = [r[0] * 1000 for r in streamed["results"]]
     return {
@@ -296,14 +307,21 @@ def cpu_seconds(pid: int) -> float:
 
 
 def load(
-    url: str, token: str | None, n: int, concurrency: int = 32, pid: int | None = None
+    url: str, token: str | None, n: int, concurrency: int = 32, pid: int | None = None, protocol: str = "chat"
 ) -> dict[str, float]:
     """Streamed requests at ``concurrency``; with ``pid``, also that process' CPU time per request, a
     figure that a busy machine disturbs much less than a rate."""
     before = cpu_seconds(pid) if pid else 0.0
     warmup = 50
     out = run_job(
-        url=url, token=token, stream=True, count=n, concurrency=concurrency, warmup=warmup, tag="load"
+        url=url,
+        token=token,
+        stream=True,
+        count=n,
+        concurrency=concurrency,
+        warmup=warmup,
+        tag="load",
+        protocol=protocol,
     )
     result = {"req_per_s": len(out["results"]) / out["wall"], "errors": len(out["errors"])}
     if pid:
@@ -460,6 +478,10 @@ def main() -> int:
                 "sorat": load(api, s.token, n_load, pid=s.proc.pid),
             }
             results["titles_after_load"] = wait_titles(s)
+            results["messages_vs_chat"] = bench_messages.versus_chat(
+                run_job, api, s.url + "/v1/messages", s.token, n_lat, n_load, s.proc.pid, cpu_seconds
+            )
+            wait_titles(s)
             results["relay"] = {
                 "upstream": relay(up, direct, None, chunks),
                 "sorat": relay(up, api, s.token, chunks),
@@ -471,6 +493,16 @@ def main() -> int:
             results["rss_after_mb"] = rss_mb(s.proc.pid)
         finally:
             s.cleanup()
+
+        fresh = Sorat(up.base_url)  # the conversation's cost, not that of the thousands of sessions above
+        fresh.start()
+        try:
+            assert fresh.proc is not None
+            results["claude_code_conversation"] = bench_messages.conversation(
+                up, fresh.url, fresh.token, fresh.proc.pid, turns=100, runs=3
+            )
+        finally:
+            fresh.cleanup()
 
         if args.litellm:
             lite = LiteLLM(args.litellm, up.base_url)
@@ -542,6 +574,7 @@ def report(r: dict[str, Any]) -> None:
     )
     print(f"relay: {rel['sorat']['chunks_per_s'] / rel['upstream']['chunks_per_s']:.3f}x the upstream alone")
     print(f"errors: sorat {so['errors'] + load_['sorat']['errors'] + rel['sorat']['errors']}")
+    report_messages(r)
     t = r["titles_after_load"]
     print(f"titles after the load: {t['titled']}/{t['sessions']} titled, {t['seconds']:.1f} s after it ended")
     print(f"agent overhead per tool round: {r['tool_round']['per_round_ms']:.2f} ms")
@@ -558,6 +591,35 @@ def report(r: dict[str, Any]) -> None:
     )
     if "session_store" in r:
         print("session store:", json.dumps(r["session_store"]))
+
+
+def report_messages(r: dict[str, Any]) -> None:
+    """/v1/messages beside /v1/chat/completions, measured in alternating slices of the same run."""
+    v = r.get("messages_vs_chat")
+    if v:
+        up = r["latency"]["upstream"]
+        chat, msgs = v["chat"], v["messages"]
+        for q in ("p50", "p99"):
+            key = f"first_token_{q}_ms"
+            print(
+                f"/v1/messages added first-token latency {q}: {msgs[key] - up[key]:+.2f} ms "
+                f"(chat {chat[key] - up[key]:+.2f} ms, alternating slices)"
+            )
+        ratio = msgs["req_per_s"] / chat["req_per_s"]
+        print(
+            f"/v1/messages streamed req/s at c32: {msgs['req_per_s']:.1f} = {ratio:.3f}x chat "
+            f"({chat['req_per_s']:.1f}); CPU per request {msgs['cpu_ms_per_request']:.2f} ms "
+            f"(chat {chat['cpu_ms_per_request']:.2f} ms); errors {msgs['errors']}"
+        )
+    c = r.get("claude_code_conversation")
+    if c:
+        print(
+            f"Claude-Code-shaped conversation ({c['turns']} turns, {c['first_request_kb']:.0f} kB -> "
+            f"{c['last_request_kb']:.0f} kB): sorat adds {c['added_ms_turns_1_10']:.2f} ms per turn at turns "
+            f"1-10, {c['added_ms_turns_91_100']:.2f} ms at 91-100 (x{c['added_growth']:.2f}; the body "
+            f"x{c['body_growth']:.2f}); its CPU per turn {c['cpu_ms_turns_2_11']:.2f} -> "
+            f"{c['cpu_ms_turns_91_100']:.2f} ms"
+        )
 
 
 if __name__ == "__main__":

@@ -139,6 +139,74 @@ def test_parse_deeply_nested_requests(deep: Any, where: str) -> None:
     _check_parse(_dumps(body))
 
 
+# --- protocols.messages (Anthropic Messages in) ---------------------------------------------------------
+
+_block = st.fixed_dictionaries(
+    {
+        "type": st.sampled_from(["text", "image", "tool_use", "tool_result", "thinking", "document", "x"])
+        | _json
+    },
+    optional={
+        k: _json for k in ("text", "source", "id", "name", "input", "tool_use_id", "content", "cache_control")
+    },
+)
+_anthropic_request = st.fixed_dictionaries(
+    {
+        "messages": st.lists(
+            st.fixed_dictionaries(
+                {"role": st.sampled_from(["user", "assistant", "system", "tool"]) | _json},
+                optional={"content": st.text(max_size=10) | st.lists(_block, max_size=3) | _json},
+            ),
+            max_size=4,
+        )
+        | _json
+    },
+    optional={
+        k: _json
+        for k in "max_tokens model system stream temperature top_p stop_sequences tools tool_choice".split()
+    },
+)
+
+
+def _check_messages_parse(raw: bytes) -> None:
+    from sorat_daemon.protocols.messages import count_tokens, parse_messages_request
+
+    for parse in (parse_messages_request, count_tokens):
+        try:
+            got = parse(raw)
+        except errors.RequestError as e:
+            assert e.status == 400 and e.message
+            continue
+        if isinstance(got, int):
+            assert got >= 1
+        else:  # what was accepted must also leave again, to the provider
+            wire.dumps(
+                {"messages": got.messages, "tools": got.tools, "tool_choice": got.tool_choice, **got.params}
+            )
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=_anthropic_request | _json, max_tokens=st.booleans())
+def test_messages_parse_random_requests(body: Any, max_tokens: bool) -> None:
+    if max_tokens and isinstance(body, dict):
+        body["max_tokens"] = 100
+    _check_messages_parse(_dumps(body))
+
+
+@settings(max_examples=30, deadline=None)
+@given(deep=_deep, where=st.sampled_from(["input", "content", "tools", "system", "text"]))
+def test_messages_parse_deeply_nested(deep: Any, where: str) -> None:
+    block: dict[str, Any] = {"type": "tool_use", "id": "a", "name": "f", "input": deep}
+    if where != "input":
+        block = (
+            {"type": "text", "text": deep} if where == "text" else {"type": "text", "text": "x", where: deep}
+        )
+    body: dict[str, Any] = {"max_tokens": 5, "messages": [{"role": "assistant", "content": [block]}]}
+    if where in ("tools", "system"):
+        body[where] = deep
+    _check_messages_parse(_dumps(body))
+
+
 # --- SSEDecoder + DeltaNormalizer --------------------------------------------------------------------------
 
 
@@ -320,12 +388,16 @@ def fuzzed(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 @schemathesis.check
 def openai_error_shape(ctx: Any, response: Any, case: Any) -> bool | None:
-    """Every error is OpenAI's: {"error": {"message", "type", "param", "code"}}, no traceback."""
+    """Every error is OpenAI's: {"error": {"message", "type", "param", "code"}}, no traceback; on the
+    /v1/messages routes Anthropic's: {"type": "error", "error": {"type", "message"}}."""
     if response.status_code < 400:
         return None
     body = json.loads(response.content)
     err = body["error"]
-    assert set(err) == {"message", "type", "param", "code"}, body
+    if case.path.startswith("/v1/messages"):  # the Anthropic routes: Anthropic's shape
+        assert body["type"] == "error" and set(err) == {"type", "message"}, body
+    else:
+        assert set(err) == {"message", "type", "param", "code"}, body
     assert isinstance(err["message"], str) and err["message"], body
     assert "Traceback" not in response.content.decode("utf-8", "replace")
     return True

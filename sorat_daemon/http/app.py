@@ -28,6 +28,8 @@ from sorat_daemon.http.asgi import BODY_TIMEOUT, SETTLE_LIMIT, access
 from sorat_daemon.http.chat import ChatEndpoint
 from sorat_daemon.http.endpoint import Endpoint
 from sorat_daemon.http.guard import MAX_BODY, Guard
+from sorat_daemon.http.messages import CountTokensEndpoint, MessagesEndpoint
+from sorat_daemon.protocols.messages_render import error_json as anthropic_error
 from sorat_daemon.turn import Pipeline
 
 if TYPE_CHECKING:
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sorat.server")
 
+ANTHROPIC_PATHS = "/v1/messages/"
 _HTTP_TYPES = {404: NotFound, 403: PermissionDenied, 401: AuthError, 413: PayloadTooLarge}
 
 
@@ -42,8 +45,13 @@ def json_response(body: Any, status: int = 200) -> Response:
     return Response(wire.dumps(body), status=status, content_type="application/json")
 
 
+def error_body(err: SoratError) -> Any:
+    """OpenAI's error JSON; Anthropic's on the paths under /v1/messages/ that Quart serves (unknown ones)."""
+    return anthropic_error(err) if request.path.startswith(ANTHROPIC_PATHS) else err.body()
+
+
 def error_response(err: SoratError) -> Response:
-    return json_response(err.body(), err.status)
+    return json_response(error_body(err), err.status)
 
 
 def make_guard(rt: Runtime) -> Guard:
@@ -66,7 +74,11 @@ def create_app(rt: Runtime) -> Quart:
     guard = make_guard(rt)
     pipeline = Pipeline(rt)
     endpoints: dict[str, Endpoint] = {}
-    for endpoint in (ChatEndpoint(guard, rt.activity, pipeline),):
+    for endpoint in (
+        ChatEndpoint(guard, rt.activity, pipeline),
+        MessagesEndpoint(guard, rt.activity, pipeline),
+        CountTokensEndpoint(guard, rt.activity),
+    ):
         endpoints[endpoint.path] = endpoint
     app.endpoints = endpoints  # type: ignore[attr-defined]
     quart_asgi = app.asgi_app
@@ -92,6 +104,7 @@ def create_app(rt: Runtime) -> Quart:
             headers.getlist("Origin"),
             headers.getlist("Authorization"),
             request.content_length,
+            headers.get("x-api-key") if request.path.startswith(ANTHROPIC_PATHS) else None,
         )
         return Response(b"", status=204) if preflight else None
 
@@ -126,7 +139,7 @@ def create_app(rt: Runtime) -> Quart:
             405: f"Method {request.method} not allowed on {request.path}",
         }
         out = kind(message.get(status, err.description or err.name))
-        resp = json_response(out.body(), status)
+        resp = json_response(error_body(out), status)
         if status == 405 and err.valid_methods:  # type: ignore[attr-defined]
             resp.headers["Allow"] = ", ".join(err.valid_methods)  # type: ignore[attr-defined]
         return await settle_body(resp)
