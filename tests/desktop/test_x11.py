@@ -43,7 +43,7 @@ from Xlib import X, display  # noqa: E402
 from Xlib.ext import xtest  # noqa: E402
 from Xlib.xobject.drawable import Window  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SCREEN = (480, 320)  # room for a menu below the tray
 PANEL_HEIGHT = 40
 DEADLINE_S = 15.0
@@ -57,7 +57,7 @@ FAKE_APP = textwrap.dedent(
     if os.environ.get("SORAT_TEST_SYS_PATH"):  # the system's PyGObject, for pystray's GTK backend
         sys.path.append(os.environ["SORAT_TEST_SYS_PATH"])
 
-    from sorat_daemon import tray
+    from sorat_daemon.desktop import tray
     from sorat_daemon.paths import Home
     from sorat_daemon.state import StateHub
 

@@ -4,8 +4,8 @@ The mark is an "S" traced as one loop of two arcs (the agent's model → tools �
 rounded indigo-to-teal tile. "attention" adds an amber badge with "!" cut into the lower right corner.
 Everything is drawn at 4× and downsampled, so edges are anti-aliased at every size.
 
-``python -m sorat_daemon.icons`` writes ``sorat_daemon/assets/``: ``sorat-<state>-<size>.png`` for every
-state and size, ``sorat.ico`` and ``sorat.icns``. The tray loads those PNGs; nothing draws at start-up.
+``python -m sorat_daemon.desktop.icons`` writes ``sorat_daemon/assets/``: ``sorat-<state>-<size>.png`` for
+every state and size, ``sorat.ico`` and ``sorat.icns``. The tray loads those PNGs; nothing draws at start-up.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from PIL import Image, ImageChops, ImageDraw
 STATES = ("running", "attention")
 SIZES = (16, 22, 24, 32, 48, 64, 128, 256, 512)
 ICO_SIZES = (16, 24, 32, 48, 64, 128, 256)
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"  # sorat_daemon/assets, shipped as package data
 
 TOP_LEFT = (99, 102, 241)  # indigo
 BOTTOM_RIGHT = (13, 148, 136)  # teal
@@ -157,7 +157,9 @@ def preview(path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sorat_daemon.icons", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m sorat_daemon.desktop.icons", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--out", type=Path, default=ASSETS, help=f"where to write (default {ASSETS})")
     parser.add_argument(
         "--preview", type=Path, help="also write a preview sheet of every state and size here"
