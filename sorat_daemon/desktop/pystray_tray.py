@@ -130,13 +130,13 @@ class PystrayTray:
         )
         self.refresher = Refresher(self.icon, menu, self.images)
 
-    def missing_host(self) -> str | None:
+    def missing_host(self, give_up: Callable[[], bool] = lambda: False) -> str | None:
         """Why the icon would show nowhere (the X11 backend with no system tray), after a short wait."""
         if type(self.icon).__module__ != "pystray._xorg":
             return None
         from sorat_daemon.desktop.x11 import tray_host_missing
 
-        return tray_host_missing(self.icon)
+        return tray_host_missing(self.icon, give_up)
 
     def refresh(self) -> None:
         if self.refresher is not None:

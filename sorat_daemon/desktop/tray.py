@@ -1,8 +1,8 @@
 """The tray's life: pick a backend, start the daemon on its own loop in a worker thread, serve until Quit.
 
-``run_tray`` returns False, after one log line saying why, when there is no tray to show (no display, no
-tray host, or the backend fails to import or start); the caller then serves headless. The backends import
-their GUI libraries only when chosen: a headless sorat never loads them.
+``run_tray`` returns False, after one log line saying why, when there is no tray to show (no panel, no
+display, or the backend fails to import or start); the caller then serves headless. The backends import
+their GUI and D-Bus libraries only when chosen: a headless sorat never loads them.
 """
 
 from __future__ import annotations
@@ -12,40 +12,15 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from sorat_daemon.desktop.actions import Opener, open_path
+from sorat_daemon.desktop.backends import Backend, choose
 from sorat_daemon.desktop.menu import TrayDaemon, TrayMenu
 
 log = logging.getLogger("sorat.tray")
-
-
-class Backend(Protocol):
-    """A tray icon with its menu, made before the daemon starts and run on the main thread."""
-
-    def run(self) -> None:
-        """Show the icon and serve its menu until :meth:`stop`; raise if the backend cannot start."""
-
-    def stop(self) -> None:
-        """End :meth:`run` (from any thread, once; before it runs too); the icon goes away."""
-
-    def close(self) -> None:
-        """Let go of what the backend holds, once :meth:`run` has returned or if it never ran."""
-
-    def refresh(self) -> None:
-        """The daemon's state changed: show it (from any thread, without waiting)."""
-
-    def notify(self, message: str) -> None:
-        """Tell the user ``message`` where the desktop has notifications."""
-
-
-def _no_display(platform: str, env: Mapping[str, str]) -> str | None:
-    if platform in ("win32", "darwin") or env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"):
-        return None
-    return "no display (neither DISPLAY nor WAYLAND_DISPLAY is set)"
 
 
 def run_tray(
@@ -53,15 +28,13 @@ def run_tray(
     *,
     opener: Opener = open_path,
     icon_class: Callable[..., Any] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> bool:
-    """Show the tray and serve until Quit (True), or return False at once when no tray can be shown.
+    """Show the tray and serve until Quit (True), or return False at once when no tray can be shown
+    (``backends`` picks the tray, and says why when there is none).
 
     False comes before the daemon starts, or after it is stopped again if the backend fails while
     starting, so the caller can serve headless in either case."""
-    reason = _no_display(sys.platform, os.environ)
-    if reason:
-        log.warning("no tray: %s; serving headless", reason)
-        return False
     quitting, quit_lock = threading.Event(), threading.Lock()
     backend: Backend | None = None
 
@@ -79,16 +52,8 @@ def run_tray(
             backend.notify(message)
 
     menu = TrayMenu(daemon, quit=quit, opener=opener, tell=tell)
-    try:
-        from sorat_daemon.desktop.pystray_tray import PystrayTray
-
-        icon = PystrayTray(menu, quitting, icon_class)
-        reason = icon.missing_host()
-        backend = icon
-    except Exception as e:
-        reason = f"the tray backend failed to load ({type(e).__name__}: {e})".replace("\n", " ")
-    if reason or backend is None:
-        log.warning("no tray: %s; serving headless", reason)
+    backend = choose(menu, quitting, os.environ if env is None else env, icon_class)
+    if backend is None:
         return False
     return _serve(daemon, backend, quit)
 

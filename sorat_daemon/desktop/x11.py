@@ -16,9 +16,10 @@ TRAY_HOST_WAIT_S = 5.0  # at login the panel may come up a moment after sorat
 X11_WAKE_S = 1.0
 
 
-def tray_host_missing(icon: Any) -> str | None:
+def tray_host_missing(icon: Any, give_up: Callable[[], bool] = lambda: False) -> str | None:
     """With the plain X11 backend, an icon with no tray host (system tray) to dock in is invisible and
-    unreachable: wait briefly for one, then give up."""
+    unreachable: wait briefly for one, then give up; sooner when ``give_up()`` says so (a
+    StatusNotifierWatcher came, which shows more than a system tray)."""
     if type(icon).__module__ != "pystray._xorg":
         return None
     from Xlib import X, display
@@ -28,7 +29,7 @@ def tray_host_missing(icon: Any) -> str | None:
         atom = conn.intern_atom(f"_NET_SYSTEM_TRAY_S{conn.get_default_screen()}")
         deadline = time.monotonic() + TRAY_HOST_WAIT_S
         while conn.get_selection_owner(atom) == X.NONE:
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or give_up():
                 return f"no system tray to dock in on display {conn.get_display_name()}"
             time.sleep(0.2)  # polling the X server for the panel to appear; nothing to wait on instead
     finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import zlib
 from pathlib import Path
 
 import pytest
@@ -43,7 +45,17 @@ def test_shipped_assets_are_complete() -> None:
         assert icns.size == (1024, 1024)
 
 
+def test_shipped_pixmaps_are_the_shipped_pngs(tmp_path: Path) -> None:
+    for state in icons.STATES:
+        for size in icons.PIXMAP_SIZES:
+            shutil.copy(icons.ASSETS / f"sorat-{state}-{size}.png", tmp_path)
+    icons.write_pixmaps(tmp_path)
+    for state in icons.STATES:
+        made = zlib.decompress((tmp_path / f"sorat-{state}.argb.z").read_bytes())
+        assert zlib.decompress((icons.ASSETS / f"sorat-{state}.argb.z").read_bytes()) == made
+
+
 def test_write_assets(tmp_path: Path) -> None:
     written = icons.write_assets(tmp_path)
-    assert len(written) == len(icons.STATES) * len(icons.SIZES) + 2
+    assert len(written) == len(icons.STATES) * (len(icons.SIZES) + 1) + 2
     assert all(p.is_file() and p.stat().st_size > 0 for p in written)

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 from PIL import Image
 
 from sorat_daemon.desktop import icons, images
@@ -34,6 +40,7 @@ def test_a_slot_gets_the_png_drawn_for_its_size() -> None:
 
 
 def test_pixmaps_are_argb32_in_network_order() -> None:
+    assert images.PIXMAP_SIZES == icons.PIXMAP_SIZES
     found = images.pixmaps("attention")
     assert [(w, h) for w, h, _ in found] == [(s, s) for s in images.PIXMAP_SIZES]
     for width, height, data in found:
@@ -44,3 +51,22 @@ def test_pixmaps_are_argb32_in_network_order() -> None:
         r, g, b, a = png.getpixel((x, y))
         offset = (y * width + x) * 4
         assert tuple(data[offset : offset + 4]) == (a, r, g, b)
+
+
+def test_pixmaps_load_without_pillow() -> None:
+    code = "import sys; from sorat_daemon.desktop import images; images.pixmaps('running')"
+    code += "; print('PIL' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_pixmaps_are_made_from_the_pngs_when_their_file_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for png in icons.ASSETS.glob("sorat-*.png"):
+        shutil.copy(png, tmp_path)
+    (tmp_path / "sorat-running.argb.z").write_bytes(b"not zlib")  # and no file for attention
+    monkeypatch.setattr(images, "ASSETS", tmp_path)
+    made = {state: images.pixmaps(state) for state in icons.STATES}
+    monkeypatch.setattr(images, "ASSETS", icons.ASSETS)
+    assert made == {state: images.pixmaps(state) for state in icons.STATES}

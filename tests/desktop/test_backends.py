@@ -1,25 +1,49 @@
-"""Which tray run_tray shows, and the headless fallbacks when it can show none."""
+"""Which tray run_tray shows, and the headless fallbacks, each with its one log line, when it can show none.
+(The StatusNotifierItem's side of the choice, on a real bus, is in test_sni_tray.py.)"""
 
 from __future__ import annotations
 
 import logging
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from sorat_daemon.desktop import tray
+from sorat_daemon.desktop import backends, tray
 from tests.desktop.fakes import FakeDaemon
 
 # --- headless fallback ----------------------------------------------------------------------------
 
 
 @pytest.mark.skipif(sys.platform in ("win32", "darwin"), reason="those always have a display")
-def test_no_display_serves_headless(
+def test_no_display_and_no_bus_serves_headless(
+    daemon: FakeDaemon,
+    monkeypatch: pytest.MonkeyPatch,
+    tray_log: list[logging.LogRecord],
+    no_session_bus: None,
+) -> None:
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.delenv("PYSTRAY_BACKEND", raising=False)
+    assert tray.run_tray(daemon) is False
+    assert daemon.calls == []
+    assert [r.getMessage() for r in tray_log] == [
+        "no tray: no session D-Bus (DBUS_SESSION_BUS_ADDRESS is not set, $XDG_RUNTIME_DIR/bus is absent) "
+        "and no display (neither DISPLAY nor WAYLAND_DISPLAY is set); serving headless (a tray needs a panel "
+        "that hosts StatusNotifierItems: KDE, XFCE, Cinnamon, MATE, LXQt and waybar show them; GNOME needs "
+        "the AppIndicator and KStatusNotifierItem Support extension)"
+    ]
+
+
+@pytest.mark.skipif(sys.platform in ("win32", "darwin"), reason="those always have a display")
+def test_pystray_asked_for_without_a_display_serves_headless(
     daemon: FakeDaemon, monkeypatch: pytest.MonkeyPatch, tray_log: list[logging.LogRecord]
 ) -> None:
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setenv("PYSTRAY_BACKEND", "xorg")  # no StatusNotifierItem then, bus or not
     assert tray.run_tray(daemon) is False
     assert daemon.calls == []
     assert [r.getMessage() for r in tray_log] == [
@@ -61,7 +85,24 @@ def test_unknown_backend_serves_headless(
 
 
 def test_importing_tray_loads_no_gui_library() -> None:
-    gui = "{'pystray', 'PIL', 'pyperclip', 'Xlib'}"
+    gui = "{'pystray', 'PIL', 'pyperclip', 'Xlib', 'dbus_fast'}"
     code = f"import sys, sorat_daemon.desktop.tray; print(sorted({gui} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_session_bus_address(tmp_path: Path) -> None:
+    assert backends.session_bus_address({"DBUS_SESSION_BUS_ADDRESS": "unix:path=/x"}) == "unix:path=/x"
+    runtime = tmp_path / "run user"
+    runtime.mkdir()
+    assert backends.session_bus_address({"XDG_RUNTIME_DIR": str(runtime)}) is None
+    (runtime / "bus").write_text("")  # not a socket
+    assert backends.session_bus_address({"XDG_RUNTIME_DIR": str(runtime)}) is None
+    (runtime / "bus").unlink()
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(runtime / "bus"))
+        # systemd's user bus; a space in the path is escaped as D-Bus addresses want
+        assert backends.session_bus_address({"XDG_RUNTIME_DIR": str(runtime)}) == (
+            f"unix:path={str(runtime).replace(' ', '%20')}/bus"
+        )
+    assert backends.session_bus_address({}) is None
