@@ -138,8 +138,9 @@ def stop(proc: subprocess.Popen[Any]) -> None:
 
 
 @contextlib.contextmanager
-def session_bus(log: Path) -> Iterator[str]:
-    """A private session bus: dbus-daemon with the session configuration, on a socket of its own."""
+def session_bus(log: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """A private session bus: dbus-daemon with the session configuration, on a socket of its own. The
+    services it starts on demand (xfconfd for a panel) get ``env``."""
     assert DBUS_DAEMON is not None
     with open(log, "wb") as err:
         proc = subprocess.Popen(
@@ -147,6 +148,7 @@ def session_bus(log: Path) -> Iterator[str]:
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
+            env=env,
         )
     try:
         assert proc.stdout is not None
