@@ -230,8 +230,9 @@ class SniTray:
     async def _watch_connection(self, bus: MessageBus) -> None:
         try:
             await bus.wait_for_disconnect()
-        except Exception as e:
-            log.warning("the session D-Bus closed sorat's connection (%s); no tray icon from now on", e)
+        except Exception as e:  # the bus went away (EOFError), or the connection broke
+            why = str(e) or type(e).__name__
+            log.warning("the session D-Bus closed sorat's connection (%s); no tray icon from now on", why)
         else:
             if not self._closed:
                 log.warning("the session D-Bus closed sorat's connection; no tray icon from now on")

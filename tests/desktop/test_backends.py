@@ -7,6 +7,7 @@ import logging
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,19 @@ def test_the_session_bus_address(tmp_path: Path) -> None:
             f"unix:path={str(runtime).replace(' ', '%20')}/bus"
         )
     assert backends.session_bus_address({}) is None
+
+
+@pytest.mark.skipif(sys.platform in ("win32", "darwin"), reason="the session D-Bus is a Linux thing")
+def test_a_bus_that_cannot_be_used_is_said_so(
+    daemon: FakeDaemon, tmp_path: Path, tray_log: list[logging.LogRecord]
+) -> None:
+    pytest.importorskip("dbus_fast")
+    nowhere = f"unix:path={tmp_path / 'no-bus-here'}"
+    assert tray.run_tray(daemon, env={"DBUS_SESSION_BUS_ADDRESS": nowhere}) is False
+    assert daemon.calls == []
+    [record] = tray_log
+    message = record.getMessage()
+    assert message.startswith(f"no tray: the session D-Bus at {nowhere} cannot be used (FileNotFoundError: ")
+    assert "and no display (neither DISPLAY nor WAYLAND_DISPLAY is set); serving headless" in message
+    # nothing of the failed connection is left behind: no thread, no open socket
+    assert not [t for t in threading.enumerate() if t.name == "sorat-sni" and t.is_alive()]
