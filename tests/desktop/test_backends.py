@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -123,3 +124,24 @@ def test_a_bus_that_cannot_be_used_is_said_so(
     assert "and no display (neither DISPLAY nor WAYLAND_DISPLAY is set); serving headless" in message
     # nothing of the failed connection is left behind: no thread, no open socket
     assert not [t for t in threading.enumerate() if t.name == "sorat-sni" and t.is_alive()]
+
+
+@pytest.mark.parametrize("platform", ["darwin", "win32"])
+def test_macos_and_windows_keep_pystray(
+    pystray: ModuleType, daemon: FakeDaemon, tmp_path: Path, platform: str
+) -> None:
+    """A session bus in the environment changes nothing there: no D-Bus is tried."""
+    from sorat_daemon.desktop.menu import TrayMenu
+    from sorat_daemon.desktop.pystray_tray import PystrayTray
+
+    with socket.socket(socket.AF_UNIX) as bus:  # a "bus" that notes whether anyone connects
+        bus.bind(str(tmp_path / "bus"))
+        bus.listen()
+        bus.setblocking(False)
+        env = {"DBUS_SESSION_BUS_ADDRESS": f"unix:path={tmp_path / 'bus'}"}
+        backend = backends.choose(
+            TrayMenu(daemon, quit=lambda: None), threading.Event(), env, platform=platform
+        )
+        assert isinstance(backend, PystrayTray)
+        with pytest.raises(BlockingIOError):
+            bus.accept()
