@@ -176,6 +176,9 @@ class SniTray:
             except TimeoutError:
                 why = f"no answer within {CALL_TIMEOUT_S:g} s"
                 continue
+            except Exception as e:  # the connection broke: _watch_connection says so
+                why = str(e) or type(e).__name__
+                continue
             if reply.message_type is MessageType.METHOD_RETURN:
                 log.info("tray icon registered with the StatusNotifierWatcher (%s)", owner)
                 return
