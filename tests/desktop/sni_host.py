@@ -166,7 +166,11 @@ class Watching:
     lines: Lines
 
 
-def start_watcher(address: str, tmp_path: Path, behaviour: str = "accept") -> Watching:
+def start_watcher(
+    address: str, tmp_path: Path, behaviour: str = "accept", ready: str = "watching"
+) -> Watching:
+    """A watcher process, once it prints ``ready``: that it owns the watcher's name, or (a watcher that
+    vanishes at the first call, which may come before it says so) that it went."""
     script = tmp_path / "watcher.py"
     script.write_text(WATCHER_APP)
     proc = subprocess.Popen(
@@ -176,7 +180,7 @@ def start_watcher(address: str, tmp_path: Path, behaviour: str = "accept") -> Wa
         text=True,
     )
     watching = Watching(proc, Lines(proc))
-    watching.lines.expect("watching")
+    watching.lines.expect(ready)
     return watching
 
 

@@ -485,9 +485,8 @@ def test_a_watcher_that_refuses_or_vanishes(
     assert "org.kde.StatusNotifierWatcher.Error.Refused: no room in this panel" in line
     stop(refusing.proc)
 
-    vanishing = start_watcher(bus, tmp_path, "vanish")
+    vanishing = start_watcher(bus, tmp_path, "vanish", ready="vanishing ")
     watchers.append(vanishing)
-    vanishing.lines.expect("vanishing ")
     assert vanishing.proc.wait(DEADLINE_S) == 0
 
     good = start_watcher(bus, tmp_path)
