@@ -180,7 +180,11 @@ def start_watcher(
         text=True,
     )
     watching = Watching(proc, Lines(proc))
-    watching.lines.expect(ready)
+    try:
+        watching.lines.expect(ready)
+    except BaseException:
+        stop(proc)  # the caller never gets it to stop: do not leave the process and its pipe behind
+        raise
     return watching
 
 

@@ -156,7 +156,12 @@ def start_sorat(tmp_path: Path, bus: str | None, fake_bin: Path, upstream: Upstr
         found = lock.read_text() if lock.exists() else ""
         return found.strip().split(", ", 1)[1] if f"pid {proc.pid}," in found else None
 
-    sorat.url = poll("sorat to listen", listening)
+    try:
+        sorat.url = poll("sorat to listen", listening)
+    except BaseException:
+        proc.kill()  # the caller never gets it to stop
+        proc.wait()
+        raise
     sorat.token = (home / "token").read_text().strip()
     return sorat
 
