@@ -109,4 +109,43 @@ if grep -E "Traceback|ModuleNotFoundError|ImportError" "$LOG" "$SMOKE_HOME"/logs
     fail "tracebacks or import errors in the logs"
 fi
 echo "build_linux.sh: SIGTERM -> exit 0"
+
+# The tray as a StatusNotifierItem (the bundled dbus-fast and pixmaps): on a private session bus with a
+# StatusNotifierWatcher (the test suite's), the app in tray mode, without a display, registers its item.
+if command -v dbus-daemon >/dev/null 2>&1; then
+    BUS_OUT="$SMOKE_HOME/bus.out"
+    dbus-daemon --session --print-address --nofork >"$BUS_OUT" 2>/dev/null &
+    BUS_PID=$!
+    trap 'kill "$UP_PID" "$BUS_PID" "${WATCH_PID:-}" 2>/dev/null || true; cleanup' EXIT
+    for _ in $(seq 1 100); do [[ -s "$BUS_OUT" ]] && break; sleep 0.1; done
+    BUS="$(head -1 "$BUS_OUT")"
+    [[ -n "$BUS" ]] || fail "dbus-daemon did not start"
+    WATCH_LOG="$SMOKE_HOME/watcher.out"
+    DBUS_SESSION_BUS_ADDRESS="$BUS" "$VENV/bin/python" -u -c \
+        "import sys; sys.path.insert(0, sys.argv.pop(1)); from tests.desktop.sni_host import WATCHER_APP; exec(WATCHER_APP)" \
+        "$ROOT" accept >"$WATCH_LOG" 2>&1 &
+    WATCH_PID=$!
+    for _ in $(seq 1 100); do grep -q watching "$WATCH_LOG" 2>/dev/null && break; sleep 0.1; done
+    TRAY_LOG="$SMOKE_HOME/tray.out"
+    env -u DISPLAY -u WAYLAND_DISPLAY -u PYSTRAY_BACKEND SORAT_HOME="$SMOKE_HOME" DBUS_SESSION_BUS_ADDRESS="$BUS" \
+        XDG_RUNTIME_DIR="$SMOKE_HOME" "$BIN" >"$TRAY_LOG" 2>&1 &
+    PID=$!
+    deadline=$(( $(date +%s) + 30 ))
+    until grep -q "registered" "$WATCH_LOG" && grep -q "sorat serving on" "$TRAY_LOG"; do
+        kill -0 "$PID" 2>/dev/null || { cat "$TRAY_LOG" >&2; fail "the tray exited before registering"; }
+        (( $(date +%s) < deadline )) || { cat "$TRAY_LOG" "$WATCH_LOG" >&2; fail "no StatusNotifierItem within 30 s"; }
+        sleep 0.2
+    done
+    kill -TERM "$PID"
+    rc=0
+    wait "$PID" || rc=$?
+    PID=""
+    [[ "$rc" == 0 ]] || { cat "$TRAY_LOG" >&2; fail "the tray exited $rc after SIGTERM"; }
+    if grep -E "Traceback|ModuleNotFoundError|ImportError|no tray" "$TRAY_LOG"; then
+        fail "the StatusNotifierItem tray did not come up cleanly"
+    fi
+    echo "build_linux.sh: the tray registered its StatusNotifierItem on a private session bus; SIGTERM -> exit 0"
+else
+    echo "build_linux.sh: no dbus-daemon here: the StatusNotifierItem check is skipped"
+fi
 echo "build_linux.sh: OK"

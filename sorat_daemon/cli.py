@@ -76,7 +76,7 @@ def _run(home: Home, args: argparse.Namespace, *, tray: bool) -> int:
     settings = _settings(home, args)
     daemon = Daemon(home, settings)
     if tray:
-        from sorat_daemon.tray import run_tray
+        from sorat_daemon.desktop.tray import run_tray
 
         if run_tray(daemon):
             return 1 if daemon.state.get().error else 0
@@ -95,7 +95,7 @@ def _token(home: Home, rotate: bool) -> int:
 
 
 def _autostart(action: str) -> int:
-    from sorat_daemon import autostart
+    from sorat_daemon.desktop import autostart
 
     if action == "enable":
         autostart.enable()

@@ -22,12 +22,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
+from sorat_daemon.desktop.images import ASSETS
+
 APP = "sorat"
 LABEL = "dev.sorat.daemon"
 RUN_KEY = r"Software\Microsoft\Windows\CurrentVersion\Run"
 # Task Manager's "Disable" on a Run entry writes here instead of deleting the Run value.
 APPROVED_KEY = r"Software\Microsoft\Windows\CurrentVersion\Explorer\StartupApproved\Run"
-ICON = Path(__file__).parent / "assets" / "sorat-running-256.png"
+ICON = ASSETS / "sorat-running-256.png"
 
 
 def launch_command(platform: str | None = None) -> list[str]:

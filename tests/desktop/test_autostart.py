@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sorat_daemon import autostart
+from sorat_daemon.desktop import autostart
 
 CMD = ["/opt/sorat app/bin/sorat"]
 

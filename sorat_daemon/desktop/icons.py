@@ -4,14 +4,16 @@ The mark is an "S" traced as one loop of two arcs (the agent's model → tools �
 rounded indigo-to-teal tile. "attention" adds an amber badge with "!" cut into the lower right corner.
 Everything is drawn at 4× and downsampled, so edges are anti-aliased at every size.
 
-``python -m sorat_daemon.icons`` writes ``sorat_daemon/assets/``: ``sorat-<state>-<size>.png`` for every
-state and size, ``sorat.ico`` and ``sorat.icns``. The tray loads those PNGs; nothing draws at start-up.
+``python -m sorat_daemon.desktop.icons`` writes ``sorat_daemon/assets/``: ``sorat-<state>-<size>.png`` for
+every state and size, ``sorat.ico``, ``sorat.icns``, and the StatusNotifierItem's pixmaps
+``sorat-<state>.argb.z``. The tray loads those files; nothing draws at start-up.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import zlib
 from pathlib import Path
 
 from PIL import Image, ImageChops, ImageDraw
@@ -19,7 +21,8 @@ from PIL import Image, ImageChops, ImageDraw
 STATES = ("running", "attention")
 SIZES = (16, 22, 24, 32, 48, 64, 128, 256, 512)
 ICO_SIZES = (16, 24, 32, 48, 64, 128, 256)
-ASSETS = Path(__file__).parent / "assets"
+PIXMAP_SIZES = (16, 22, 24, 32, 48, 64, 128)  # what a panel picks from: its slot, HiDPI, KDE's popup
+ASSETS = Path(__file__).resolve().parent.parent / "assets"  # sorat_daemon/assets, shipped as package data
 
 TOP_LEFT = (99, 102, 241)  # indigo
 BOTTOM_RIGHT = (13, 148, 136)  # teal
@@ -132,6 +135,23 @@ def write_assets(out: Path = ASSETS) -> list[Path]:
     big = render("running", 1024)
     big.save(out / "sorat.icns", append_images=[render("running", s) for s in (16, 32, 64, 128, 256, 512)])
     written += [out / "sorat.ico", out / "sorat.icns"]
+    return written + write_pixmaps(out)
+
+
+def write_pixmaps(out: Path = ASSETS) -> list[Path]:
+    """``sorat-<state>.argb.z``: the PNGs in ``out`` at each of ``PIXMAP_SIZES``, as a StatusNotifierItem
+    sends them (ARGB32, network byte order), one after the other, zlib-compressed: the D-Bus tray reads
+    them without loading Pillow (a few MB of memory for as long as sorat runs)."""
+    written = []
+    for state in STATES:
+        data = bytearray()
+        for size in PIXMAP_SIZES:
+            with Image.open(out / f"sorat-{state}-{size}.png") as image:
+                r, g, b, a = image.convert("RGBA").split()
+            data += Image.merge("RGBA", (a, r, g, b)).tobytes()  # Pillow has no ARGB packer
+        path = out / f"sorat-{state}.argb.z"
+        path.write_bytes(zlib.compress(bytes(data), 9))
+        written.append(path)
     return written
 
 
@@ -157,7 +177,9 @@ def preview(path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sorat_daemon.icons", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m sorat_daemon.desktop.icons", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--out", type=Path, default=ASSETS, help=f"where to write (default {ASSETS})")
     parser.add_argument(
         "--preview", type=Path, help="also write a preview sheet of every state and size here"

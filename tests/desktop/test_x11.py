@@ -43,7 +43,7 @@ from Xlib import X, display  # noqa: E402
 from Xlib.ext import xtest  # noqa: E402
 from Xlib.xobject.drawable import Window  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SCREEN = (480, 320)  # room for a menu below the tray
 PANEL_HEIGHT = 40
 DEADLINE_S = 15.0
@@ -57,7 +57,7 @@ FAKE_APP = textwrap.dedent(
     if os.environ.get("SORAT_TEST_SYS_PATH"):  # the system's PyGObject, for pystray's GTK backend
         sys.path.append(os.environ["SORAT_TEST_SYS_PATH"])
 
-    from sorat_daemon import tray
+    from sorat_daemon.desktop import tray
     from sorat_daemon.paths import Home
     from sorat_daemon.state import StateHub
 
@@ -331,11 +331,11 @@ def run_fake(desktop: Desktop, tmp_path: Path, **env: str) -> subprocess.Popen[s
     )
 
 
-def run_sorat(desktop: Desktop, tmp_path: Path) -> subprocess.Popen[str]:
+def run_sorat(desktop: Desktop, tmp_path: Path, **extra: str) -> subprocess.Popen[str]:
     home = tmp_path / "home"
     home.mkdir()
     (home / "config.toml").write_text(REAL_CONFIG)
-    env = desktop.env() | {"SORAT_HOME": str(home)}
+    env = desktop.env() | {"SORAT_HOME": str(home)} | extra
     env.pop("OPENAI_API_KEY", None)
     return subprocess.Popen(
         [sys.executable, "-m", "sorat_daemon"],
@@ -468,6 +468,29 @@ def test_real_sorat_in_the_tray(desktop: Desktop, tmp_path: Path) -> None:
     log = (tmp_path / "app.log").read_text()
     assert "stopped" in log, log
     assert "no tray" not in log, log
+
+
+@pytest.mark.skipif(shutil.which("dbus-daemon") is None, reason="dbus-daemon is not installed")
+def test_an_x11_tray_wins_over_a_bus_without_a_panel(desktop: Desktop, tmp_path: Path) -> None:
+    """A session bus with no StatusNotifierWatcher on it, and an X11 system tray: the icon docks there (as
+    pystray's X11 icon), and sorat leaves the bus rather than keep an item there that no panel shows."""
+    pytest.importorskip("dbus_fast")
+    from tests.desktop.sni_host import Host, session_bus
+
+    with session_bus(tmp_path / "dbus-daemon.log") as bus:
+        # PYSTRAY_BACKEND empty: no backend asked for, so sorat chooses (pystray then picks X11 here)
+        app = run_sorat(desktop, tmp_path, DBUS_SESSION_BUS_ADDRESS=bus, PYSTRAY_BACKEND="")
+        desktop.procs.append(app)
+        wait_for("the icon to dock in trayer", desktop.docked_icon, logs=tmp_path)
+        host = Host(bus)
+        try:
+            item = f"org.kde.StatusNotifierItem-{app.pid}-1"
+            wait_for("sorat to leave the bus", lambda: host.dbus("NameHasOwner", "s", [item]) == [False])
+        finally:
+            host.close()
+        app.send_signal(signal.SIGTERM)
+        assert app.wait(DEADLINE_S) == 0, (tmp_path / "app.log").read_text()
+        assert "no tray" not in (tmp_path / "app.log").read_text()
 
 
 SYSTEM_PYTHON = "/usr/lib/python3/dist-packages"
