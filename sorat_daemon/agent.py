@@ -17,6 +17,7 @@ from typing import Any
 
 from sorat_daemon import wire
 from sorat_daemon.errors import ContextWindowExceeded
+from sorat_daemon.providers.completion import ToolCallAccumulator
 from sorat_daemon.tools.registry import ToolContext, Toolset
 from sorat_daemon.types import JSON, Message, ModelCall, ModelClient, ToolCallDelta
 
@@ -222,7 +223,7 @@ class _Round:
 
     text: list[str] = field(default_factory=list)
     reasoning: list[str] = field(default_factory=list)
-    acc: wire.ToolCallAccumulator = field(default_factory=wire.ToolCallAccumulator)
+    acc: ToolCallAccumulator = field(default_factory=ToolCallAccumulator)
     finish: str = "stop"
     usage: JSON | None = None
     answered: bool = False

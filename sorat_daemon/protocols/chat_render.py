@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from sorat_daemon import agent, wire
 from sorat_daemon.errors import SoratError
+from sorat_daemon.protocols import chat
 
 if TYPE_CHECKING:
     from sorat_daemon.turn import Run
@@ -20,7 +21,7 @@ class ChatRenderer:
     __slots__ = ("_w", "_mode", "_usage", "_index", "_model", "_round")
 
     def __init__(self, model: str, mode: str, include_usage: bool) -> None:
-        self._w = wire.ChunkWriter(wire.new_id(), int(time.time()), model)
+        self._w = chat.ChunkWriter(chat.new_id(), int(time.time()), model)
         self._model = model
         self._mode = mode
         self._usage = include_usage
@@ -49,7 +50,7 @@ class ChatRenderer:
                 return w.reasoning(f"{ev.name} {ev.arguments}\n")
             return b""
         if isinstance(ev, agent.KeepAlive):
-            return wire.KEEPALIVE
+            return chat.KEEPALIVE
         return b""
 
     def end(self, done: agent.Done) -> bytes:
@@ -68,11 +69,11 @@ class ChatRenderer:
         return self._w.error(err.body())
 
     def close(self) -> bytes:
-        return wire.DONE
+        return chat.DONE
 
     async def whole(self, run: Run) -> bytes:
         done = await run.answer()
         message = dict(done.message)
         created = int(time.time())
-        body = wire.completion(wire.new_id(), created, self._model, message, done.finish_reason, done.usage)
+        body = chat.completion(chat.new_id(), created, self._model, message, done.finish_reason, done.usage)
         return wire.dumps(body)
