@@ -415,7 +415,6 @@ def test_ai_sdk_stream_text_with_stop_when(js: Any, daemon: DaemonProc, upstream
     assert_one_session(daemon, "ai sdk stopWhen: time?", "user assistant tool tool assistant tool assistant")
 
 
-@pytest.mark.xfail(strict=True, reason="needs r-sessions: echoed results of internal calls dropped (item 2)")
 def test_ai_sdk_stream_text_with_stop_when_in_tool_calls_mode(
     js: Any, daemon: DaemonProc, upstream: Upstream
 ) -> None:
@@ -756,24 +755,23 @@ def test_openwebui_reasoning_mode_has_no_follow_up(
     assert len(upstream.requests) == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sorat relays Open WebUI's 'results' for its internal calls to the provider as dangling tool "
-    "messages (see the docstring)",
-)
 def test_openwebui_default_mode_follow_up_after_internal_calls(
     daemon: DaemonProc, upstream: Upstream
 ) -> None:
     """Open WebUI's default mode (it declares no tools) with tool_events = "tool_calls" (opted in):
     Open WebUI collects the internal calls from the stream and, as it does for any collected call,
     "runs" them (unknown tools: result "") and sends a follow-up request carrying the calls and those
-    empty results. That follow-up must not break the conversation the provider sees: a strict provider
-    (OpenAI) rejects a tool message that answers no pending call with a 400. Ideally sorat recognises
-    the echoed internal calls and their results and answers without calling the model again."""
+    empty results. That follow-up must not break the conversation the provider sees (a strict provider
+    rejects a tool message that answers no pending call with a 400): sorat recognises the echoed calls
+    and results, stores and sends neither, and, the request bringing nothing new, gives the turn's
+    answer again without calling the model (Open WebUI shows it after its tool block)."""
+    upstream.strict = True
     upstream.script(*internal_round(), text("Second answer."))
     ui = OpenWebUIModel()
     ui.converse(daemon, {"model": "sorat-agent", "messages": USER, "stream": True}, **TOOL_CALLS)
     assert len(ui.rounds[0]) == 3  # the internal calls, as Open WebUI collected them
+    assert ui.rounds[1:] == [[]] and ui.errors == []  # one follow-up, answered
+    assert len(upstream.requests) == 3 and upstream.pending == 1  # the follow-up called no model
     for body in upstream.requests:
         assert_valid_conversation(body["messages"])
-    assert ui.visible_text() == "It is noon."
+    assert ui.visible_text() == "It is noon.\nIt is noon."

@@ -353,7 +353,30 @@ async def test_pydantic_ai_streamed_run_then_a_second_run(
     )
 
 
-@pytest.mark.xfail(strict=True, reason="needs r-sessions: echoed results of internal calls dropped (item 2)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="sessions compare assistant text exactly, and pydantic-ai sends its text parts back joined "
+    "with a blank line of its own (sessions/history.form could collapse whitespace)",
+)
+async def test_pydantic_ai_two_rounds_of_text_then_a_second_run(
+    daemon: DaemonProc, upstream: Upstream, pydantic_agent: Any
+) -> None:
+    """Text in both rounds: pydantic-ai keeps "Checking. " and "\n\nIt is noon." as two text parts (the
+    reasoning line between them) and sends them back joined with "\n\n", so the assistant message comes
+    back with two blank lines where the client saw one. It should still continue the session."""
+    agent = pydantic_agent()
+    upstream.script(
+        tool_calls([("get_current_time", {})], content="Checking. "), text("It is noon.", chunks=2)
+    )
+    async with agent.run_stream("pydantic-ai: two rounds of text") as run:
+        said = [t async for t in run.stream_text()]
+    assert said[-1] == "Checking. \n\nIt is noon."
+    upstream.script(text("You're welcome."))
+    await agent.run("thanks", message_history=run.all_messages())
+    assert sent_roles(upstream.requests[-1]) == "user assistant tool assistant user"
+    assert_one_session(daemon, "pydantic-ai: two rounds of text")
+
+
 async def test_pydantic_ai_streamed_run_in_tool_calls_mode(
     daemon: DaemonProc, upstream: Upstream, pydantic_agent: Any
 ) -> None:
@@ -362,12 +385,10 @@ async def test_pydantic_ai_streamed_run_in_tool_calls_mode(
     nor forward it (a strict provider rejects the conversation, every later turn too)."""
     agent = pydantic_agent(TOOL_CALLS)
     upstream.strict = True
-    upstream.script(
-        tool_calls([("get_current_time", {"timezone": "UTC"})], content="Checking. "), text("It is noon.")
-    )
+    upstream.script(*internal_round())
     async with agent.run_stream("pydantic-ai tool_calls mode: time?") as run:
         said = [t async for t in run.stream_text()]
-    assert said[-1].endswith("It is noon.")
+    assert said[-1] == "It is noon."
     upstream.script(text("You're welcome."))
     second = await agent.run("thanks", message_history=run.all_messages())
     assert second.output == "You're welcome."
