@@ -590,7 +590,7 @@ def strict_problem(messages: Any) -> tuple[str, str] | None:
         if pending:
             return _UNANSWERED + ", ".join(pending), f"messages.[{opened}].role"
         calls = m.get("tool_calls") if role == "assistant" else None
-        pending = [c.get("id") for c in calls or [] if isinstance(c, dict)]
+        pending = [str(c.get("id")) for c in calls or [] if isinstance(c, dict)]
         opened = i
     if pending:
         return _UNANSWERED + ", ".join(pending), f"messages.[{opened}].role"
