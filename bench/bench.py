@@ -13,6 +13,9 @@ What it reports (medians and ratios, since machines are noisy):
 - agent overhead per tool round (beyond model and tool time);
 - the same latency and c32 rows through ``/v1/messages`` (Anthropic Messages), and a Claude-Code-shaped
   100-turn conversation: what sorat adds per turn as the history grows (``bench/bench_messages.py``);
+- a long stateless history: a 200-turn conversation resent whole on every turn (a 17 kB system prompt,
+  ~800 kB by the end, no session header, as Codex and Claude Code send it): sorat's own cost per turn
+  (its time minus the upstream's for the same body) near turn 1 and near turn 200;
 - the session store figures of ``bench/bench_sessions.py``.
 
 The upstream runs in this process (its own thread and loop); every load generator runs in its own
@@ -95,8 +98,50 @@ def _worker(conn: Any, job: dict[str, Any]) -> None:
         uvloop.install()
     except ImportError:
         pass
-    conn.send(asyncio.run(_job(job)))
+    conn.send(asyncio.run(_long_history(job) if job.get("kind") == "long_history" else _job(job)))
     conn.close()
+
+
+SYSTEM_PROMPT = ("You are a careful coding agent. Follow the repository's conventions. " * 250)[:17_000]
+
+
+async def _long_history(job: dict[str, Any]) -> dict[str, Any]:
+    """One conversation of ``turns`` turns, resent whole on every turn without a session header: each
+    turn's body goes to sorat and, alternately first, to the upstream alone; (sorat, upstream, sorat's
+    CPU) seconds per turn (the CPU in clock ticks: meaningful summed over many turns)."""
+    import aiohttp
+
+    sorat = {"Content-Type": "application/json", "Authorization": f"Bearer {job['token']}"}
+    plain = {"Content-Type": "application/json"}
+    history: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM_PROMPT}]
+    times: list[tuple[float, float, float]] = []
+    pid = job["pid"]
+    filler = "Please look at this part of the code as well and tell me what you think of it. " * 25
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+
+        async def timed(url: str, headers: dict[str, str], body: bytes) -> tuple[float, Any]:
+            t0 = time.perf_counter()
+            async with session.post(url, data=body, headers=headers) as resp:
+                data = await resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"HTTP {resp.status}: {data[:300]!r}")
+            return time.perf_counter() - t0, data
+
+        for turn in range(job["turns"]):
+            history.append({"role": "user", "content": f"{job['tag']} turn {turn}: {filler}"})
+            body = json.dumps({"model": "gpt-4o", "messages": history}).encode()
+            if turn % 2:
+                direct, _ = await timed(job["direct"], plain, body)
+            cpu = cpu_seconds(pid)
+            took, answer = await timed(job["url"], sorat, body)
+            cpu = cpu_seconds(pid) - cpu
+            if not turn % 2:
+                direct, _ = await timed(job["direct"], plain, body)
+            times.append((took, direct, cpu))
+            history.append(
+                {"role": "assistant", "content": json.loads(answer)["choices"][0]["message"]["content"]}
+            )
+    return {"times": times, "bytes": len(body)}
 
 
 async def _job(job: dict[str, Any]) -> dict[str, Any]:
@@ -359,6 +404,41 @@ def tool_round_overhead(up: Upstream, url: str, token: str, rounds: int, reps: i
     return {"per_round_ms": per_round * 1000, "upstream_call_ms": upstream_call * 1000}
 
 
+def long_history(
+    up: Upstream, s: Sorat, turns: int, runs: int, window: int = 5, cpu_window: int = 20
+) -> dict[str, float]:
+    """sorat's own cost per turn of a long conversation resent whole (``_long_history``): its time minus
+    the upstream's, the median over ``runs`` conversations of the first and the last ``window`` turns;
+    and its CPU time per turn, the mean over the first and the last ``cpu_window`` turns (a figure that a
+    busy machine disturbs much less)."""
+    assert s.proc is not None
+    up.default = text("Here is what I think of it, with the details you asked for. " * 33)  # ~2 kB
+    try:
+        api, direct = s.url + "/v1/chat/completions", up.base_url + "/chat/completions"
+        job = {"kind": "long_history", "url": api, "direct": direct, "token": s.token, "pid": s.proc.pid}
+        outs = [run_job(**job, turns=turns, tag=f"run {i}") for i in range(runs)]
+    finally:
+        up.default = text(ANSWER, chunks=16)
+
+    def cost(turn_slice: slice) -> float:
+        return statistics.median((a - b) * 1000 for out in outs for a, b, _ in out["times"][turn_slice])
+
+    def cpu(turn_slice: slice) -> float:
+        return statistics.mean(c * 1000 for out in outs for _, _, c in out["times"][turn_slice])
+
+    return {
+        "turns": turns,
+        "body_kb_at_end": outs[0]["bytes"] / 1000,
+        "turn1_ms": cost(slice(0, window)),
+        "last_turn_ms": cost(slice(turns - window, turns)),
+        "upstream_last_turn_ms": statistics.median(
+            b * 1000 for out in outs for _, b, _ in out["times"][-window:]
+        ),
+        "cpu_first_turns_ms": cpu(slice(0, cpu_window)),
+        "cpu_last_turns_ms": cpu(slice(turns - cpu_window, turns)),
+    }
+
+
 def wait_titles(s: Sorat, timeout: float = 60) -> dict[str, float]:
     import httpx
 
@@ -452,12 +532,27 @@ def main() -> int:
         "--litellm", default=os.environ.get("LITELLM_BIN"), help="LiteLLM's proxy binary, if installed"
     )
     ap.add_argument("--skip-store", action="store_true", help="leave out the session store figures")
+    ap.add_argument(
+        "--only-history", action="store_true", help="only the long-history row (its own daemon and upstream)"
+    )
     args = ap.parse_args()
     n_lat = 200 if args.quick else 1000
     n_load = 1000 if args.quick else 4000
     chunks = 5000
 
     results: dict[str, Any] = {}
+    if args.only_history:
+        with Upstream(models=["gpt-4o"]) as up:
+            s = Sorat(up.base_url)
+            s.start()
+            try:
+                results["long_history"] = long_history(up, s, turns=200, runs=1 if args.quick else 3)
+            finally:
+                s.cleanup()
+        print(history_line(results["long_history"]))
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+        return 0
     with Upstream(models=["gpt-4o"]) as up:
         up.default = text(ANSWER, chunks=16)
         direct = up.base_url + "/chat/completions"
@@ -493,6 +588,12 @@ def main() -> int:
             results["rss_after_mb"] = rss_mb(s.proc.pid)
         finally:
             s.cleanup()
+        s = Sorat(up.base_url)  # a fresh daemon: the load's thousands of sessions are not this row's
+        s.start()
+        try:
+            results["long_history"] = long_history(up, s, turns=200, runs=1 if args.quick else 3)
+        finally:
+            s.cleanup()
 
         fresh = Sorat(up.base_url)  # the conversation's cost, not that of the thousands of sessions above
         fresh.start()
@@ -523,6 +624,16 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
+
+
+def history_line(h: dict[str, Any]) -> str:
+    return (
+        f"long stateless history ({h['turns']} turns, {h['body_kb_at_end']:.0f} kB at the end): sorat's own "
+        f"cost per turn {h['turn1_ms']:.2f} ms at turn 1, {h['last_turn_ms']:.2f} ms at turn {h['turns']} "
+        f"(the upstream alone {h['upstream_last_turn_ms']:.2f} ms there); its CPU per turn "
+        f"{h['cpu_first_turns_ms']:.2f} ms over the first 20 turns, "
+        f"{h['cpu_last_turns_ms']:.2f} ms over the last 20"
+    )
 
 
 def report(r: dict[str, Any]) -> None:
@@ -578,6 +689,8 @@ def report(r: dict[str, Any]) -> None:
     t = r["titles_after_load"]
     print(f"titles after the load: {t['titled']}/{t['sessions']} titled, {t['seconds']:.1f} s after it ended")
     print(f"agent overhead per tool round: {r['tool_round']['per_round_ms']:.2f} ms")
+    if "long_history" in r:
+        print(history_line(r["long_history"]))
     st = r["startup"]
     tray = st.get("tray_rss_mb")
     print(

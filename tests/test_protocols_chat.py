@@ -1,4 +1,5 @@
-"""protocols.chat: a client's Chat Completions body checked; sorat's chunks and whole answers."""
+"""protocols.chat: a client's Chat Completions body checked; sorat's chunks and whole answers; the
+renderer of the agent's events (internal calls per tool_events, rounds apart, logprobs)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from typing import Any
 import orjson
 import pytest
 
-from sorat_daemon import errors
+from sorat_daemon import agent, errors
 from sorat_daemon.protocols import chat
 from sorat_daemon.providers.sse import Event, SSEDecoder
+from tests.conftest import sse
 
 USER = {"role": "user", "content": "hi"}
 
@@ -224,3 +226,79 @@ def test_logprobs_pass_through_and_come_back() -> None:
     msg = {"role": "assistant", "content": "hi"}
     assert chat.completion("i", 1, "m", msg, "stop", None, LOGPROBS)["choices"][0]["logprobs"] == LOGPROBS
     assert chat.completion("i", 1, "m", msg, "stop", None)["choices"][0]["logprobs"] is None
+
+
+# --- ChatRenderer -----------------------------------------------------------------------------------
+
+
+def deltas(renderer: chat.ChatRenderer, events: list[agent.Event]) -> list[dict[str, Any]]:
+    frames = renderer.begin() + b"".join(renderer.event(e) for e in events)
+    return [c["choices"][0]["delta"] for c in sse(frames.decode()) if c["choices"]]
+
+
+ROUNDS: list[agent.Event] = [
+    agent.Text("Let me look.", 0),
+    agent.ToolCall("call_1", "get_current_time", '{"timezone":"UTC"}'),
+    agent.Text("It is ", 1),
+    agent.Text("noon.", 1),
+]
+
+
+def test_a_later_round_follows_a_blank_line() -> None:
+    out = deltas(chat.ChatRenderer("m", "none", False), ROUNDS)
+    assert [d.get("content") for d in out] == ["", "Let me look.", "\n\nIt is ", "noon."]
+
+
+def test_no_blank_line_before_the_first_text() -> None:
+    """A silent first round: the answer's text is the first the client sees."""
+    events: list[agent.Event] = [agent.ToolCall("c", "t", "{}"), agent.Text("Noon.", 1), agent.Text("!", 1)]
+    out = deltas(chat.ChatRenderer("m", "none", False), events)
+    assert "".join(d.get("content") or "" for d in out) == "Noon.!"
+
+
+@pytest.mark.parametrize(
+    ("mode", "calls", "reasoning"),
+    [
+        ("reasoning", [], 'get_current_time {"timezone":"UTC"}\n'),
+        ("tool_calls", [(0, "call_1", "get_current_time")], ""),
+        ("none", [], ""),
+    ],
+)
+def test_internal_calls_per_mode(mode: str, calls: list[Any], reasoning: str) -> None:
+    out = deltas(chat.ChatRenderer("m", mode, False), ROUNDS)
+    shown = [(c["index"], c["id"], c["function"]["name"]) for d in out for c in d.get("tool_calls") or []]
+    assert shown == calls
+    assert "".join(d.get("reasoning_content") or "" for d in out) == reasoning
+
+
+def test_the_renderer_relays_logprobs_beside_their_text() -> None:
+    """Each text chunk carries the provider's logprobs of its tokens, a token with no text yet too."""
+    other = {"content": [{"token": "\xe2", "logprob": -1.0, "bytes": [226], "top_logprobs": []}]}
+    events: list[agent.Event] = [
+        agent.Text("hi", 0, LOGPROBS),
+        agent.ToolCall("c", "t", "{}"),
+        agent.Text("", 1, other),
+        agent.Text("there", 1, LOGPROBS),
+        agent.Text("!", 1),
+    ]
+    renderer = chat.ChatRenderer("m", "none", False)
+    frames = renderer.begin() + b"".join(renderer.event(e) for e in events)
+    choices = [c["choices"][0] for c in sse(frames.decode())][1:]
+    assert [(c["delta"]["content"], c["logprobs"]) for c in choices] == [
+        ("hi", LOGPROBS),
+        ("", other),
+        ("\n\nthere", LOGPROBS),
+        ("!", None),
+    ]
+
+
+async def test_a_whole_answer_has_the_final_rounds_logprobs() -> None:
+    done = agent.Done("stop", None, {"role": "assistant", "content": "a\n\nhi"}, None, LOGPROBS)
+
+    class FinishedRun:
+        async def answer(self) -> agent.Done:
+            return done
+
+    body = orjson.loads(await chat.ChatRenderer("m", "none", False).whole(FinishedRun()))  # type: ignore[arg-type]
+    assert body["choices"][0]["logprobs"] == LOGPROBS
+    assert body["choices"][0]["message"]["content"] == "a\n\nhi"

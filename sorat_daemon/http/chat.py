@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from sorat_daemon.http.asgi import Reply
 from sorat_daemon.http.endpoint import Head, TurnEndpoint
-from sorat_daemon.protocols.chat import parse_chat_request
-from sorat_daemon.protocols.chat_render import ChatRenderer
+from sorat_daemon.protocols.chat import ChatRenderer, parse_chat_request
 from sorat_daemon.turn import Run, TurnRequest
 
 

@@ -1,18 +1,23 @@
 """OpenAI Chat Completions, the client's side. Pure: no I/O.
 
 In: ``parse_chat_request`` checks a client's POST /v1/chat/completions body into a ``ChatRequest``.
-Out: ``ChunkWriter`` frames sorat's own stream, ``completion`` builds a whole ``chat.completion``.
+Out: ``ChatRenderer`` turns the agent's events into one response, streamed (``ChunkWriter`` frames the
+chunks) or whole (``completion`` builds the ``chat.completion``).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from sorat_daemon import errors, wire
+from sorat_daemon import agent, errors, wire
 from sorat_daemon.types import JSON, Message
+
+if TYPE_CHECKING:
+    from sorat_daemon.turn import Run
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 # Request fields that go to the provider as given; anything else a client sends is ignored.
@@ -238,3 +243,72 @@ def completion(
         "choices": [{"index": 0, "message": msg, "logprobs": logprobs, "finish_reason": finish_reason}],
         "usage": usage if usage is not None else wire.add_usage(None, None),
     }
+
+
+class ChatRenderer:
+    """One response: internal tool calls shown per ``mode`` (``tool_calls`` indices rise across the whole
+    response), the client's own calls returned at the end; the provider's logprobs beside the text they
+    belong to (in a whole answer, the final round's)."""
+
+    __slots__ = ("_w", "_mode", "_usage", "_index", "_model", "_round")
+
+    def __init__(self, model: str, mode: str, include_usage: bool) -> None:
+        self._w = ChunkWriter(new_id(), int(time.time()), model)
+        self._model = model
+        self._mode = mode
+        self._usage = include_usage
+        self._index = 0
+        self._round = -1  # the round of the last text sent
+
+    def begin(self) -> bytes:
+        return self._w.role()
+
+    def event(self, ev: agent.Event) -> bytes:
+        w = self._w
+        if isinstance(ev, agent.Text):
+            text = ev.text
+            if (
+                text and ev.round != self._round
+            ):  # a later round's text follows a blank line, as in whole answers
+                if self._round >= 0:
+                    text = agent.ROUND_SEPARATOR + text
+                self._round = ev.round
+            return w.content(text, ev.logprobs)
+        if isinstance(ev, agent.Reasoning):
+            return w.reasoning(ev.text)
+        if isinstance(ev, agent.ToolCall):
+            if self._mode == "tool_calls":
+                self._index += 1
+                return w.tool_call(self._index - 1, ev.id, ev.name, ev.arguments)
+            if self._mode == "reasoning":
+                return w.reasoning(f"{ev.name} {ev.arguments}\n")
+            return b""
+        if isinstance(ev, agent.KeepAlive):
+            return KEEPALIVE
+        return b""
+
+    def end(self, done: agent.Done) -> bytes:
+        w = self._w
+        out = []
+        for call in done.message.get("tool_calls") or ():
+            fn = call["function"]
+            out.append(w.tool_call(self._index, call["id"], fn["name"], fn["arguments"]))
+            self._index += 1
+        out.append(w.finish(done.finish_reason))
+        if self._usage:
+            out.append(w.usage(done.usage or wire.add_usage(None, None)))
+        return b"".join(out)
+
+    def fail(self, err: errors.SoratError) -> bytes:
+        return self._w.error(err.body())
+
+    def close(self) -> bytes:
+        return DONE
+
+    async def whole(self, run: Run) -> bytes:
+        done = await run.answer()
+        message = dict(done.message)
+        body = completion(
+            new_id(), int(time.time()), self._model, message, done.finish_reason, done.usage, done.logprobs
+        )
+        return wire.dumps(body)
