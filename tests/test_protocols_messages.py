@@ -184,6 +184,25 @@ def test_tool_use_and_tool_result_blocks() -> None:
     ]
 
 
+def test_an_echoed_answer_of_two_rounds_is_one_message_rounds_apart() -> None:
+    """sorat streams each model round's text as its own block; the echo must equal the stored message."""
+    req = parse(
+        messages=[
+            {"role": "user", "content": "time, then weather"},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "text", "text": "Checking the time."},
+                    {"type": "thinking", "thinking": "get_current_time {}", "signature": ""},
+                    {"type": "text", "text": "Now the weather."},
+                ],
+            },
+            {"role": "user", "content": "thanks"},
+        ]
+    )
+    assert req.messages[1]["content"] == "Checking the time.\n\nNow the weather."
+
+
 def test_an_assistant_message_of_tool_calls_only_has_no_content() -> None:
     req = parse(
         messages=[

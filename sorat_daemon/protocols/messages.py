@@ -34,6 +34,7 @@ from typing import Any
 
 import orjson
 
+from sorat_daemon.agent import ROUND_SEPARATOR
 from sorat_daemon.errors import RequestError
 from sorat_daemon.types import JSON, Message
 
@@ -257,7 +258,9 @@ def _assistant(content: list[Any], i: int, out: list[Message]) -> set[str]:
             )
         elif not isinstance(kind, str):
             raise _bad(f"{_at(i, j)} must be an object with a string 'type'", _at(i, j))
-    text = "".join(texts)
+    # sorat answers each model round's text in a block of its own; the session holds them as one message,
+    # rounds apart by a blank line (agent.ROUND_SEPARATOR), and an echo must compare equal to it.
+    text = ROUND_SEPARATOR.join(t for t in texts if t)
     message: Message = {"role": "assistant", "content": text or (None if calls else "")}
     if calls:
         message["tool_calls"] = calls
