@@ -329,9 +329,13 @@ def _shorten(value: object, limit: int = _LOG_ARGS_CHARS) -> str:
 class Toolset:
     """An immutable snapshot of the tools offered; one per tools.toml version (plus MCP state)."""
 
-    __slots__ = ("_tools", "_specs")
+    __slots__ = ("_tools", "_specs", "_on_error")
 
-    def __init__(self, tools: Iterable[Tool] = ()) -> None:
+    def __init__(
+        self, tools: Iterable[Tool] = (), *, on_error: Callable[[str, str], None] | None = None
+    ) -> None:
+        """``on_error(tool_name, message)`` hears of every call that failed (for the status page)."""
+        self._on_error = on_error
         by_name: dict[str, Tool] = {}
         for t in tools:
             if t.name in by_name:
@@ -384,6 +388,8 @@ class Toolset:
             outcome = f"error: {type(e).__name__}: {e}"
             return _error(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
         finally:
+            if outcome.startswith("error: ") and self._on_error is not None:
+                self._on_error(name, outcome[7:])
             log.info(
                 "tool %s args=%s %d ms %s session=%s",
                 name,
