@@ -116,7 +116,7 @@ async def _events(site: Site, req: TurnRequest) -> AsyncGenerator[bytes, None]:
                         "output": out.text,
                         "long": out.long,
                         "preview": out.preview,
-                        "error": ev.output.startswith('{"error"'),
+                        "error": view.is_error(ev.output),
                         "duration_ms": round(ev.duration_ms, 1),
                     }
                 )

@@ -31,6 +31,7 @@ class Output:
 
     @classmethod
     def of(cls, text: str) -> Output:
+        text = readable(text)
         lines = text.split("\n", PREVIEW_LINES)
         preview = "\n".join(lines[:PREVIEW_LINES])[:PREVIEW_CHARS]
         return cls(text, preview, len(preview) < len(text))
@@ -79,7 +80,29 @@ def pretty_json(text: str) -> str:
     return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
 
 
-def _is_error(output: str) -> bool:
+def readable(output: str) -> str:
+    """A tool's result as a person reads it: the JSON object the model got, one field a line, its long
+    strings (a command's stdout, a page's text) with their own line breaks instead of ``\\n``."""
+    if not output.startswith("{"):
+        return output
+    try:
+        value = orjson.loads(output)
+    except orjson.JSONDecodeError:
+        return output
+    if not isinstance(value, dict):
+        return output
+    lines = []
+    for key, item in value.items():
+        if isinstance(item, str) and ("\n" in item or len(item) > 80):
+            lines.append(f"{key}:\n{item.rstrip()}")
+        else:
+            shown = item if isinstance(item, str) else orjson.dumps(item).decode()
+            lines.append(f"{key}: {shown}")
+    return "\n".join(lines)
+
+
+def is_error(output: str) -> bool:
+    """The result is the ``{"error": …}`` object a failed call gives the model."""
     if not output.startswith('{"error"'):
         return False
     try:
@@ -111,7 +134,7 @@ def conversation(messages: list[dict[str, Any]], *, superseded: bool = False) ->
                 view.duration_ms = max(0.0, (ts - called_at) * 1000) if ts and called_at else None
                 view.internal = bool(m.get("internal"))  # a client's own results came from the client
             view.result = Output.of(output)
-            view.error = _is_error(output)
+            view.error = is_error(output)
             continue
         if role not in ("system", "developer", "user", "assistant"):
             continue
