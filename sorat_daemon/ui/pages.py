@@ -30,19 +30,15 @@ async def sessions(site: Site) -> Response:
     store = site.rt.store
     query = " ".join(request.args.get("q", "").split())[:MAX_QUERY]
     after = request.args.get("after") or None
-    if after is not None and not (valid_session_id(after) or (query and after.isdigit())):
+    if after is not None and not valid_session_id(after):
         raise RequestError("after must name a session", param="after")
-    if query:
-        rows, more, cursor = await store.search(query, PAGE, after)
-    else:
-        rows, more = await store.list(PAGE, after)
-        cursor = rows[-1]["id"] if rows else None
+    rows, more = await (store.search(query, PAGE, after) if query else store.list(PAGE, after))
     return site.page(
         "sessions.html",
         nav="sessions",
         rows=rows,
         query=query,
-        more=cursor if more else None,
+        more=rows[-1]["id"] if more and rows else None,
     )
 
 
