@@ -247,6 +247,8 @@ def test_delete_with_confirmation(page: Any, d: DaemonProc, upstream: Upstream) 
     page.get_by_role("button", name="Delete").click()
     expect(page.get_by_role("heading", name="Sessions")).to_be_visible()
     assert httpx.get(f"{d.url}/v1/sessions/{sid}", headers=d.headers()).status_code == 404
+    page.goto(f"{d.url}/ui/sessions/{sid}")
+    expect(page.get_by_role("heading", name="Not found")).to_be_visible()
 
 
 def test_markup_in_messages_never_runs(page: Any, d: DaemonProc, upstream: Upstream) -> None:

@@ -12,7 +12,9 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from quart import Quart, Response
+from quart import Quart, Response, request
+
+from sorat_daemon.errors import SoratError
 
 if TYPE_CHECKING:
     from sorat_daemon.http.guard import Guard
@@ -107,7 +109,12 @@ class WebUI:
     def view(self, module: str, handler: str) -> Callable[..., Awaitable[Any]]:
         async def view(**values: Any) -> Any:
             found = getattr(importlib.import_module(f"sorat_daemon.ui.{module}"), handler)
-            return await found(self.site, **values)
+            try:
+                return await found(self.site, **values)
+            except SoratError as e:
+                if request.method != "GET":
+                    raise  # the page's script reads the JSON error
+                return self.site.error_page(e)
 
         view.__name__ = view.__qualname__ = f"ui_{module}_{handler}"
         return view

@@ -13,6 +13,7 @@ import jinja2
 from quart import Response, request
 
 from sorat_daemon import __version__
+from sorat_daemon.errors import SoratError
 from sorat_daemon.ui.markdown import Markdown
 from sorat_daemon.ui.signin import SignIn
 
@@ -61,6 +62,13 @@ class Site:
         context.setdefault("nav", "")
         html = self._env.get_template(template).render(**context)
         return Response(html, status=status, content_type="text/html; charset=utf-8")
+
+    def error_page(self, err: SoratError) -> Response:
+        heading = HEADINGS.get(err.status, "Something went wrong")
+        return self.page("error.html", err.status, heading=heading, message=err.message)
+
+
+HEADINGS = {400: "That did not work", 404: "Not found", 403: "Not allowed", 503: "No provider"}
 
 
 def see_other(location: str) -> Response:
