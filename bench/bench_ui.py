@@ -257,12 +257,13 @@ def main() -> None:
         try:
             time.sleep(1.0)
             results["idle_rss_100k_mb"] = round(d.rss(), 1)
-            queries = {
+            queries = {  # by rank: the most common word is in nearly every session
                 "rare word": VOCAB[VOCABULARY - 10],
                 "middling word": VOCAB[300],
+                "frequent word": VOCAB[20],
                 "common word": VOCAB[0],
                 "two words": f"{VOCAB[5]} {VOCAB[120]}",
-                "a prefix": VOCAB[40][:4],
+                "three common words": f"{VOCAB[0]} {VOCAB[1]} {VOCAB[2]}",
                 "no match": "zzzqqq",
             }
             results["pages"] = measure_pages(d, queries, args.runs)

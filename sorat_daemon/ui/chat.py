@@ -90,6 +90,10 @@ async def _events(site: Site, req: TurnRequest) -> AsyncGenerator[bytes, None]:
     except SoratError as e:
         yield _line({"type": "error", "message": e.message})
         return
+    except Exception:
+        log.exception("the UI's turn could not start")
+        yield _line({"type": "error", "message": "Internal server error; see sorat's log"})
+        return
     rt.activity.begin()  # titles give way to answers in flight
     try:
         yield _line({"type": "session", "id": run.session_id, "model": run.model})
