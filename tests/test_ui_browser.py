@@ -201,7 +201,10 @@ def test_a_session_with_tool_calls(page: Any, context: Any, d: DaemonProc, upstr
     expect(shell.locator("pre.preview")).to_be_hidden()
     expect(page.locator(".md strong")).to_have_text("the file")  # the answer's markdown
 
-    answer = page.locator("li.entry.assistant")
+    shell.locator(".tool-body h3").get_by_role("button", name="Copy").click()
+    copied = page.evaluate("navigator.clipboard.readText()")
+    assert copied.endswith(f"line {LONG_LINES}\nstderr:\nexit_code: 0")  # all of it
+    answer = page.locator("li.entry.assistant > header")
     answer.get_by_role("button", name="Copy").click()
     expect(answer.get_by_role("button", name="Copied")).to_be_visible()
     assert page.evaluate("navigator.clipboard.readText()") == "Here is **the file** and the time."

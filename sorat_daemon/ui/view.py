@@ -97,7 +97,7 @@ def readable(output: str) -> str:
             lines.append(f"{key}:\n{item.rstrip()}")
         else:
             shown = item if isinstance(item, str) else orjson.dumps(item).decode()
-            lines.append(f"{key}: {shown}")
+            lines.append(f"{key}: {shown}".rstrip())
     return "\n".join(lines)
 
 

@@ -34,7 +34,9 @@
   document.addEventListener("click", async function (ev) {
     const button = ev.target.closest("button.copy");
     if (!button) return;
-    const source = document.getElementById(button.dataset.copy || "");
+    const source = "copyResult" in button.dataset
+      ? [...button.closest(".tool-body").querySelectorAll("pre.out")].pop() // the whole output
+      : document.getElementById(button.dataset.copy || "");
     if (!source) return;
     try {
       await copy(source.textContent);
@@ -126,12 +128,13 @@
       const summary = el("summary");
       summary.append(el("span", "tool-name", ev.name));
       const body = el("div", "tool-body");
-      body.append(el("h3", "", "Arguments"), el("pre", "args", ev.arguments), el("h3", "", "Result"));
+      const result = el("h3", "", "Result");
+      body.append(el("h3", "", "Arguments"), el("pre", "args", ev.arguments), result);
       const waiting = el("p", "muted", "Running…");
       body.append(waiting);
       box.append(summary, body);
       this.entry.append(box);
-      this.calls.set(ev.id, { box: box, summary: summary, body: body, waiting: waiting });
+      this.calls.set(ev.id, { box: box, summary: summary, result: result, waiting: waiting });
     }
 
     on_tool_result(ev) {
@@ -144,6 +147,10 @@
         call.summary.append(" ", el("span", "badge error", "error"));
       }
       call.waiting.replaceWith(output(ev));
+      const copyButton = el("button", "copy", "Copy");
+      copyButton.type = "button";
+      copyButton.dataset.copyResult = "";
+      call.result.append(" ", copyButton);
     }
 
     on_done() {
