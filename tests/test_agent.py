@@ -125,7 +125,7 @@ async def test_tool_round_then_answer_sums_usage(ctx: ToolContext, stream: bool)
     assert [(c.name, json.loads(c.arguments)) for c in calls] == [("echo", {"text": "pong"})]
     done = events[-1]
     assert isinstance(done, agent.Done) and done.finish_reason == "stop"
-    assert done.message["content"] == "Looking. It said pong."
+    assert done.message["content"] == "Looking. \n\nIt said pong."  # a blank line between the rounds
     if stream:
         assert done.usage == {"prompt_tokens": 20, "completion_tokens": 10, "total_tokens": 30}
     second = model.calls[1].messages
@@ -135,6 +135,78 @@ async def test_tool_round_then_answer_sums_usage(ctx: ToolContext, stream: bool)
     assert [r[0]["role"] for r in recorded] == ["assistant", "tool", "assistant"]
     assert recorded[0][1] == {"role": "assistant", "content": "Looking. "}
     assert recorded[1][1] is None
+    # the model's own message has its own text; the client saw it after the blank line
+    assert recorded[2] == (
+        {"role": "assistant", "content": "It said pong."},
+        {"role": "assistant", "content": "\n\nIt said pong."},
+    )
+    texts = [(e.text, e.round) for e in events if isinstance(e, agent.Text)]
+    assert texts == [("Looking. ", 0), ("It said pong.", 1)]  # the separator is the renderer's
+
+
+async def test_no_separator_before_the_first_text(ctx: ToolContext) -> None:
+    """A silent tool round (no text) then the answer: nothing went before it, so no blank line."""
+    model = ScriptedModel(
+        [Delta(tool_calls=[call("echo", {"text": "a"})])],
+        [Delta(content="Between. "), Delta(tool_calls=[call("echo", {"text": "b"})])],
+        [Delta(tool_calls=[call("echo", {"text": "c"})])],
+        [Delta(content="Done.")],
+    )
+    events, recorded = await collect(model, Toolset([echo]), ctx, agent.RunOptions("m"))
+    done = events[-1]
+    assert isinstance(done, agent.Done) and done.message["content"] == "Between. \n\nDone."
+    shown = [v["content"] for _, v in recorded if v is not None]
+    assert "".join(shown) == "Between. \n\nDone."  # the visible conversation: one message, as seen
+
+
+async def test_partial_answer_of_a_later_round_is_kept_as_seen(ctx: ToolContext) -> None:
+    model = ScriptedModel(
+        [Delta(content="First."), Delta(tool_calls=[call("echo", {"text": "a"})])],
+        [Delta(content="half an ans"), ProviderError("reset")],  # type: ignore[list-item]
+    )
+    recorded: list[Any] = []
+
+    async def rec(message: dict[str, Any], *, visible: Any = ...) -> None:
+        recorded.append((message, visible))
+
+    with pytest.raises(ProviderError):
+        await collect(model, Toolset([echo]), ctx, agent.RunOptions("m"), record=rec)
+    assert recorded[-1] == (
+        {"role": "assistant", "content": "half an ans"},
+        {"role": "assistant", "content": "\n\nhalf an ans"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("choice", "later"),
+    [
+        ("required", "auto"),
+        ({"type": "function", "function": {"name": "echo"}}, "auto"),
+        (
+            {"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [{"type": "function"}]}},
+            {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": [{"type": "function"}]}},
+        ),
+        ({"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": []}}, None),
+        ("auto", "auto"),
+        ("none", "none"),
+        (None, None),
+    ],
+)
+async def test_a_forcing_tool_choice_binds_the_first_call_only(
+    ctx: ToolContext, choice: Any, later: Any
+) -> None:
+    """An obedient model calls a tool whenever tool_choice forces one: re-sent every round, it would call
+    tools until max_iterations. Later rounds get ``auto`` (the same tools, for allowed_tools)."""
+    if later is None:
+        later = choice
+    model = ScriptedModel(
+        [Delta(tool_calls=[call("echo", {"text": "a"})])],
+        [Delta(tool_calls=[call("echo", {"text": "b"})])],
+        [Delta(content="done")],
+    )
+    await collect(model, Toolset([echo]), ctx, agent.RunOptions("m", tool_choice=choice))
+    assert [c.tool_choice for c in model.calls] == [choice, later, later]
+    assert agent.later_tool_choice(choice) == later
 
 
 async def test_calls_of_one_round_run_concurrently(ctx: ToolContext) -> None:
@@ -262,3 +334,49 @@ def test_drop_oldest_turn_keeps_system_and_latest() -> None:
     twice = agent.drop_oldest_turn(once)
     assert twice is not None and [m["content"] for m in twice] == ["s", "3"]
     assert agent.drop_oldest_turn(twice) is None
+
+
+def lp(*tokens: str) -> dict[str, Any]:
+    return {
+        "content": [{"token": t, "logprob": -0.5, "bytes": list(t.encode())} for t in tokens],
+        "refusal": None,
+    }
+
+
+async def test_logprobs_ride_on_the_text_and_the_final_rounds_come_back(ctx: ToolContext) -> None:
+    model = ScriptedModel(
+        [Delta(content="Look", logprobs=lp("Look")), Delta(tool_calls=[call("echo", {"text": "a"})])],
+        [
+            Delta(content="It ", logprobs=lp("It", " ")),
+            Delta(logprobs=lp("\xe2")),  # a token that is no text yet
+            Delta(content="is.", logprobs=lp("is.")),
+            Delta(finish_reason="stop"),
+        ],
+    )
+    events, _ = await collect(model, Toolset([echo]), ctx, agent.RunOptions("m"))
+    texts = [(e.text, e.round, e.logprobs) for e in events if isinstance(e, agent.Text)]
+    assert texts == [
+        ("Look", 0, lp("Look")),
+        ("It ", 1, lp("It", " ")),
+        ("", 1, lp("\xe2")),
+        ("is.", 1, lp("is.")),
+    ]
+    done = events[-1]
+    assert isinstance(done, agent.Done) and done.message["content"] == "Look\n\nIt is."
+    assert done.logprobs == lp("It", " ", "\xe2", "is.")  # the final round's, joined
+
+
+async def test_logprobs_of_a_whole_model_answer(ctx: ToolContext) -> None:
+    class Whole(ScriptedModel):
+        async def complete(self, c: ModelCall) -> ModelResult:
+            result = await super().complete(c)
+            return ModelResult(result.message, result.finish_reason, result.usage, lp("Hi"))
+
+    events, _ = await collect(
+        Whole([Delta(content="Hi")]), Toolset(), ctx, agent.RunOptions("m", stream=False)
+    )
+    assert [(e.text, e.logprobs) for e in events if isinstance(e, agent.Text)] == [("Hi", lp("Hi"))]
+    done = events[-1]
+    assert isinstance(done, agent.Done) and done.logprobs == lp("Hi")
+    plain, _ = await collect(ScriptedModel([Delta(content="Hi")]), Toolset(), ctx, agent.RunOptions("m"))
+    assert isinstance(plain[-1], agent.Done) and plain[-1].logprobs is None

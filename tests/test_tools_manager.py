@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from sorat_daemon import config
 from sorat_daemon.paths import Home
 from sorat_daemon.state import StateHub
 from sorat_daemon.tools.manager import ToolManager, builtin_tools
@@ -177,6 +178,21 @@ def test_builtin_tools_follow_the_settings() -> None:
     assert [t.name for t in builtin_tools(off)] == ["get_current_time", "get_system_info"]
 
 
+def test_builtin_tools_carry_their_family() -> None:
+    """Each built-in tool names its family, and the families are the ones [agent]
+    tools_with_client_tools accepts (MCP servers' tools are the last one)."""
+    families = {t.name: t.family for t in builtin_tools(ToolSettings())}
+    assert families == {
+        "get_current_time": "clock", "get_system_info": "clock",
+        "run_command": "run_command", "show_allowed_commands": "run_command",
+        "read_file": "files", "write_file": "files", "list_dir": "files", "create_dir": "files",
+        "delete_file": "files",
+        "web_search": "web", "read_webpage": "web",
+        "remember": "memory", "recall_memory": "memory",
+    }  # fmt: skip
+    assert {*families.values(), "mcp"} == set(config.TOOL_FAMILIES)
+
+
 # --- the manager -------------------------------------------------------------------------------
 
 
@@ -287,8 +303,8 @@ async def test_families_with_their_state_and_last_error(home: Home) -> None:
     await m.start()
     try:
         families = {f.name: f for f in m.families()}
-        assert list(families) == ["clock", "shell", "files", "web", "memory"]
-        assert families["shell"].state == "disabled" and families["shell"].tools == ()
+        assert list(families) == ["clock", "run_command", "files", "web", "memory"]
+        assert families["run_command"].state == "disabled" and families["run_command"].tools == ()
         assert families["web"].state == "off" and families["files"].state == "on"
         assert "read_file" in families["files"].tools and families["files"].last_error is None
         ctx = ToolContext(home=home)

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sorat_daemon.paths import Home
@@ -39,22 +39,23 @@ _RETRY_WATCH_S = 2.0
 class Family:
     """A family of built-in tools as the status page shows it."""
 
-    name: str  # clock, shell, files, web, memory
+    name: str  # clock, run_command, files, web, memory (as [agent] tools_with_client_tools names them)
     state: str  # on | off | allowlist | unrestricted | disabled | on (backend)
     tools: tuple[str, ...]  # the tools it offers now
     last_error: tuple[float, str] | None  # when one of them last failed, and how
 
 
 def builtin_tools(settings: ToolSettings, *, secret_env_names: Collection[str] = ()) -> list[Tool]:
-    """The built-in tools these settings enable, in the order they are offered."""
-    tools: list[Tool] = list(clock.TOOLS)
-    tools += shell.make_tools(settings.run_command, secret_env_names=secret_env_names)
-    if settings.files_enabled:
-        tools += files.make_tools()
-    tools += web.make_tools(settings.web)
-    if settings.memory_enabled:
-        tools += memory.make_tools()
-    return tools
+    """The built-in tools these settings enable, in the order they are offered, each tagged with its
+    family (what ``[agent] tools_with_client_tools`` names)."""
+    families: list[tuple[str, list[Tool]]] = [
+        ("clock", list(clock.TOOLS)),
+        ("run_command", shell.make_tools(settings.run_command, secret_env_names=secret_env_names)),
+        ("files", files.make_tools() if settings.files_enabled else []),
+        ("web", web.make_tools(settings.web)),
+        ("memory", memory.make_tools() if settings.memory_enabled else []),
+    ]
+    return [replace(t, family=family) for family, tools in families for t in tools]
 
 
 class ToolManager:
@@ -101,14 +102,14 @@ class ToolManager:
         web = f"on ({s.web.search_backend})" if s.web.enabled else "off"
         states = {
             "clock": "on",
-            "shell": s.run_command.mode,
+            "run_command": s.run_command.mode,
             "files": "on" if s.files_enabled else "off",
             "web": web,
             "memory": "on" if s.memory_enabled else "off",
         }
         tools: dict[str, list[str]] = {name: [] for name in states}
         for t in self._builtin:
-            tools.setdefault(t.fn.__module__.rsplit(".", 1)[-1], []).append(t.name)
+            tools.setdefault(t.family, []).append(t.name)
         return [
             Family(name, state, tuple(tools[name]), self._last_error(tools[name]))
             for name, state in states.items()
