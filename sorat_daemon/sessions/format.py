@@ -21,9 +21,10 @@ killed process loses at most the line being written and an OS crash about the la
   replaced by an edit, a regenerate or a new system prompt: they stay in the file but are never sent to
   the model again. The active ``system`` and ``developer`` messages are the session's system prompt,
   kept apart from the conversation: a request bringing another one appends it with its turn and
-  supersedes the old one. The *visible conversation* (compared with requests, hashed for the lookup) is
-  the sequence of ``visible`` projections of the other active records, where consecutive assistant
-  projections of one turn make one message: the client saw one streamed message.
+  supersedes the old one. The *visible conversation* (compared with requests, and but for its tool
+  results hashed for the lookup) is the sequence of ``visible`` projections of the other active records,
+  where consecutive assistant projections of one turn make one message: the client saw one streamed
+  message.
   A torn last line is skipped on read and cut off before the next append; unknown records are skipped.
 
 ``<key>.json``: the metadata, rewritten by the flusher after a turn ends or a title is set (the newest
@@ -38,8 +39,8 @@ killed process leaves the old version or the new one; a file that is missing, un
   cut to 60 characters, ``message_count`` the system prompt's and the visible conversation's messages,
   ``lookup`` the hash of the visible conversation, ``size`` the length of the ``.jsonl`` it describes
   (another length on start means a crash mid-turn: the metadata is rebuilt from the messages),
-  ``version`` rises with every write. Format 1 hashed the system prompt too: such a file is listed as
-  it is and rebuilt from its messages in the background.
+  ``version`` rises with every write. Format 1 hashed the system prompt and tool results too: such a
+  file is listed as it is and rebuilt from its messages in the background.
 
 ``.index.sqlite3``: the index, a cache of every session's metadata that the files can always rebuild.
 SQLite (stdlib) rather than one JSON file: a page of 10 000 sessions newest first, a lookup by
@@ -72,7 +73,7 @@ log = logging.getLogger("sorat.sessions")
 
 FORMAT = 1  # of the .jsonl files
 META_FORMAT = 2  # of the .json files
-OUTDATED_META = 1  # its lookup hashed the system prompt too: listed as it is, rebuilt in the background
+OUTDATED_META = 1  # its lookup hashed more: listed as it is, rebuilt in the background
 INDEX = ".index.sqlite3"
 CLEAN = ".clean"
 

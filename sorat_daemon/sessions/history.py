@@ -9,6 +9,7 @@ what an edit or a new system prompt supersedes.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import re
 from collections.abc import Sequence
@@ -143,20 +144,22 @@ def without_internal(message: Message, internal: set[str]) -> Message:
 
 def with_results(messages: Sequence[Message]) -> list[Message]:
     """The model's copy with a result for every tool call left without one: a process killed, stopped or
-    cancelled between a call and its result leaves it so in the file, and providers refuse such a history."""
-    out: list[Message] = []
-    waiting: list[str] = []  # ids of the last assistant message's calls that no result answered yet
-    for message in messages:
-        role = message.get("role")
-        if role == "tool":
-            if message.get("tool_call_id") in waiting:
-                waiting.remove(message["tool_call_id"])
-        elif waiting:
-            out += [{"role": "tool", "tool_call_id": i, "content": NO_RESULT} for i in waiting]
-            waiting = []
-        out.append(dict(message))
-        if role == "assistant" and isinstance(message.get("tool_calls"), list):
-            waiting = sorted(call_ids(message))
+    cancelled between a call and its result leaves it so in the file, and providers refuse such a history.
+    (A call at the very end waits for its result: nothing follows it yet.) One copy per message and a
+    look at the few messages with tool calls: this runs for every turn over the whole history."""
+    out = [dict(m) for m in messages]
+    callers = [i for i, m in enumerate(messages) if "tool_calls" in m]
+    for i in reversed(callers):  # from the end: an insertion moves only what comes after it
+        if messages[i].get("role") != "assistant" or not isinstance(messages[i].get("tool_calls"), list):
+            continue
+        waiting = sorted(call_ids(messages[i]))
+        j = i + 1
+        while j < len(messages) and messages[j].get("role") == "tool":
+            if messages[j].get("tool_call_id") in waiting:
+                waiting.remove(messages[j]["tool_call_id"])
+            j += 1
+        if waiting and j < len(messages):
+            out[j:j] = [{"role": "tool", "tool_call_id": c, "content": NO_RESULT} for c in waiting]
     return out
 
 
@@ -180,7 +183,7 @@ class Request:
     when a lookup in the index needs it, the hash of the conversation before that tail. Everything a turn
     compares is computed here, in one pass over what was sent."""
 
-    __slots__ = ("system", "system_keys", "conversation", "keys", "calls", "split", "_lookup")
+    __slots__ = ("system", "system_keys", "conversation", "keys", "calls", "results", "split", "_lookup")
 
     def __init__(self, messages: Sequence[Message]) -> None:
         self.system: list[tuple[int, Message]] = []  # (how many conversation messages come before, it)
@@ -188,6 +191,7 @@ class Request:
         self.conversation: list[Message] = []
         self.keys: list[bytes] = []  # the conversation's forms
         self.calls: dict[int, tuple[Call, ...]] = {}  # by conversation index: assistant tool calls
+        self.results: dict[int, Any] = {}  # by conversation index: the tool_call_id of a tool result
         for message in messages:
             role = message.get("role")
             if role in SYSTEM_ROLES:
@@ -198,20 +202,34 @@ class Request:
                 found = calls_of(message)
                 if found is not None:
                     self.calls[len(self.conversation)] = found
+            elif role == "tool":
+                self.results[len(self.conversation)] = message.get("tool_call_id")
             self.conversation.append(message)
             self.keys.append(form(message))
         self.split = split_tail(self.conversation)
         self._lookup: str | None = None
 
     def lookup(self) -> str:
-        """The hash of the conversation before the tail, as ``History.lookup`` makes it of a session's."""
+        """The hash of the conversation before the tail, as ``History.lookup`` makes it of a session's.
+        Tool results are left out: before the session is known, so is which of them answer internal calls
+        (a client echoing those sends results of its own for them, never stored)."""
         if self._lookup is None:
             h = hashlib.sha256()
-            for key in self.keys[: self.split]:
-                h.update(key)
-                h.update(b"\n")
+            results = self.results
+            for i, key in enumerate(self.keys[: self.split]):
+                if i not in results:
+                    h.update(key)
+                    h.update(b"\n")
             self._lookup = h.hexdigest()
         return self._lookup
+
+    def kept(self, internal: set[str], limit: int) -> Sequence[int]:
+        """The indices of the first ``limit`` conversation messages but the tool results answering calls
+        in ``internal``: SPEC has them neither stored nor sent to the model."""
+        if not internal or not self.results:
+            return range(limit)
+        dropped = {i for i, call_id in self.results.items() if i < limit and call_id in internal}
+        return [i for i in range(limit) if i not in dropped] if dropped else range(limit)
 
 
 @dataclass(slots=True)
@@ -326,7 +344,7 @@ class History:
             last.message = _joined(last.message, visible)
             last.key, last.calls, last.stop = form(last.message), calls_of(last.message), index + 1
             return
-        if last is not None and not self._stale:
+        if last is not None and not self._stale and last.message.get("role") != "tool":
             self._prefix.update(last.key)
             self._prefix.update(b"\n")
         self.shown.append(
@@ -334,37 +352,38 @@ class History:
         )
 
     def lookup(self) -> str:
-        """The hash of the visible conversation, as ``Request.lookup`` makes it of a request's."""
+        """The hash of the visible conversation but its tool results, as ``Request.lookup`` makes it."""
         if self._lookup is None:
             if self._stale:
                 self._prefix, self._stale = hashlib.sha256(), False
                 for shown in self.shown[:-1]:
-                    self._prefix.update(shown.key)
-                    self._prefix.update(b"\n")
+                    if shown.message.get("role") != "tool":
+                        self._prefix.update(shown.key)
+                        self._prefix.update(b"\n")
             h = self._prefix.copy()
-            if self.shown:
+            if self.shown and self.shown[-1].message.get("role") != "tool":
                 h.update(self.shown[-1].key)
                 h.update(b"\n")
             self._lookup = h.hexdigest()
         return self._lookup
 
-    def _common(self, request: Request, limit: int) -> int:
-        """How many of the request's first ``limit`` conversation messages are the visible conversation's
-        first (a comparison of forms computed already, mostly one memcmp each)."""
+    def _common(self, request: Request, order: Sequence[int]) -> int:
+        """How many of the request's conversation messages (those at ``order``) are the visible
+        conversation's first (a comparison of forms computed already, mostly one memcmp each)."""
         keys, calls, internal, shown = request.keys, request.calls, self.internal, self.shown
-        n = min(limit, len(shown))
+        n = min(len(order), len(shown))
         for k in range(n):
-            s = shown[k]
-            if keys[k] != s.key or (
-                (s.calls is not None or k in calls) and _seen(calls.get(k), internal) != s.calls
+            i, s = order[k], shown[k]
+            if keys[i] != s.key or (
+                (s.calls is not None or i in calls) and _seen(calls.get(i), internal) != s.calls
             ):
                 return k
         return n
 
     def matches(self, request: Request) -> bool:
         """Whether the request's conversation before its tail is exactly the visible conversation."""
-        n = request.split
-        return n == len(self.shown) and self._common(request, n) == n
+        order = request.kept(self.internal, request.split)
+        return len(order) == len(self.shown) and self._common(request, order) == len(order)
 
     def plan(self, request: Request) -> Plan:
         """SPEC's three cases, for the conversation: the request resends everything (only its new tail is
@@ -372,14 +391,15 @@ class History:
         on, the request wins), or shares nothing (a client sending only its new message: the stored
         conversation, internal tool traffic included, goes in front). The system prompt apart."""
         shown = self.shown
-        k = self._common(request, len(request.conversation))
+        order = request.kept(self.internal, len(request.conversation))
+        k = self._common(request, order)
         if k == len(shown) or k == 0:
             used, cut, stored = k, None, self.conversation
         else:  # the cut falls after the last shared message: a superseded answer's tool traffic goes too
             used, cut = k, shown[k - 1].stop
             stored = self.conversation[:cut]
-        new = [without_internal(m, self.internal) for m in request.conversation[used:]]
-        model = self._model(request, stored, used, new)
+        new = [without_internal(request.conversation[i], self.internal) for i in order[used:]]
+        model = self._model(request, order, stored, used, new)
         keys, old = request.system_keys, self._system_keys
         if not keys or keys == old:  # none brought (a stateful client), or the same
             return Plan(model, new, [], None, cut)
@@ -390,14 +410,16 @@ class History:
             p += 1
         return Plan(model, new, [m for _, m in request.system[p:]], p if p < len(old) else None, cut)
 
-    def _model(self, request: Request, stored: list[Record], used: int, new: list[Message]) -> list[Message]:
+    def _model(
+        self, request: Request, order: Sequence[int], stored: list[Record], used: int, new: list[Message]
+    ) -> list[Message]:
         """The model's messages: the system messages of the request where it put them (or the stored ones
         in front), the stored records standing for the request's first ``used`` conversation messages (or
         all of them in front, when nothing is shared), then the new messages."""
         if not request.system:
             return [r.message for r in self.system] + [r.message for r in stored] + new
         front = [m for before, m in request.system if before == 0]
-        inline = [(before, m) for before, m in request.system if before > 0]
+        inline = [(bisect.bisect_left(order, b), m) for b, m in request.system if b > 0]  # b: among ``order``
         messages = [r.message for r in stored]
         if not inline:
             return front + messages + new
