@@ -108,12 +108,12 @@ async def test_a_crash_loses_no_searchable_text(root: Path) -> None:
     """Text whose write a crash lost (the index not closed cleanly) is read in again from the files."""
     async with SessionStore(root) as store:
         first = await answer(store, None, [user("before the crash")], "saved")
-    db = sqlite3.connect(root / ".index.sqlite3")
-    db.execute("DELETE FROM search_sessions")  # as if the last writes never reached the index
+    db = sqlite3.connect(root / search.FILE)
+    db.execute("DELETE FROM search_sessions")  # as if the last writes never reached the file
     db.execute("INSERT INTO search(search) VALUES ('delete-all')")
-    db.execute("UPDATE state SET value = '' WHERE name = 'clean'")
     db.commit()
     db.close()
+    (root / ".clean").unlink()  # and the index was not closed cleanly
     async with SessionStore(root) as store:
         await store.ready()
         assert await ids(store, "crash") == [first]
@@ -121,18 +121,40 @@ async def test_a_crash_loses_no_searchable_text(root: Path) -> None:
         second = await answer(store, first, history, "x")
         assert second == first
         assert await ids(store, "crash") == [first]
-    db = sqlite3.connect(root / ".index.sqlite3")
+    db = sqlite3.connect(root / search.FILE)
     rows = db.execute("SELECT count(*) FROM search WHERE search MATCH 'crash'").fetchone()[0]
     db.close()
     assert rows == 1  # read in once, never twice
 
 
-async def test_an_index_from_before_search_is_filled(root: Path) -> None:
+async def test_a_missing_search_file_is_filled(root: Path) -> None:
     async with SessionStore(root) as store:
         sid = await answer(store, None, [user("older index words")], "fine")
-    db = sqlite3.connect(root / ".index.sqlite3")
-    db.executescript("DROP TABLE search; DROP TABLE search_sessions; DELETE FROM state WHERE name='search';")
-    db.close()
-    async with SessionStore(root) as store:  # trusted (closed cleanly), but without the search tables
+    for path in root.glob(search.FILE + "*"):
+        path.unlink()
+    async with SessionStore(root) as store:  # the index is trusted (closed cleanly); the search file new
         await store.ready()
         assert await ids(store, "older") == [sid]
+
+
+async def test_a_broken_search_file_is_made_anew(root: Path) -> None:
+    async with SessionStore(root) as store:
+        sid = await answer(store, None, [user("words kept safe")], "fine")
+    for path in root.glob(search.FILE + "*"):
+        path.unlink()
+    (root / search.FILE).write_bytes(b"this is not a database" * 100)
+    async with SessionStore(root) as store:
+        await store.ready()
+        assert await ids(store, "safe") == [sid]
+        rows, _ = await store.list()
+        assert [r["id"] for r in rows] == [sid]
+
+
+async def test_the_index_check_leaves_the_search_file_out(root: Path) -> None:
+    """The index is checked before the daemon serves; the search file, in the background."""
+    async with SessionStore(root) as store:
+        await answer(store, None, [user("x")], "y")
+    db = sqlite3.connect(root / ".index.sqlite3")
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+    db.close()
+    assert not {t for t in tables if t.startswith("search")}

@@ -76,7 +76,7 @@ class Database:
                 PRAGMA user_version = {self.SCHEMA};
                 """
             )
-        self.search_new = search.create(db)
+        self.search_new = search.attach(db, self.root)  # after the index's check: not in it
         row = db.execute("SELECT value FROM state WHERE name = 'clean'").fetchone()
         return (row[0] if row else ""), created
 
@@ -125,6 +125,9 @@ class Database:
             if not any(p.exists() for p in files.paths(self.root, key)):
                 db.execute("DELETE FROM sessions WHERE key = ?", (key,))
         search.prune(db)
+
+    def check_search(self) -> bool:
+        return search.check(self._db(), self.root)
 
     def write_search(self, writes: search.Writes) -> None:
         search.write(self._db(), writes)
@@ -225,8 +228,7 @@ class Index:
 
     def start(self, resave: Resave) -> None:
         """Starts the check or the repair that ``open`` decided on."""
-        if self._db.search_new and self._start == "verify":  # a trusted index from before search
-            self._fill = asyncio.create_task(self._fill_search(), name="sorat-sessions-search-fill")
+        self._fill = asyncio.create_task(self._check_search(), name="sorat-sessions-search-check")
         if self._start == "verify":
             self._repair = asyncio.create_task(self._verify(resave), name="sorat-sessions-verify")
         elif self._start == "rebuild":
@@ -316,6 +318,19 @@ class Index:
         except sqlite3.Error as e:  # the index still reads: search what it has
             log.warning("session index not updated (%s); search may miss the latest changes", e)
         return await self._call(self._db.search_page, expression, limit, after)
+
+    async def _check_search(self) -> None:
+        """The search file's check (in the background: the daemon serves meanwhile); a new or remade
+        file is filled, unless a rebuild of the index does that."""
+        try:
+            renewed = await self._call(self._db.check_search)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("checking the search index failed")
+            return
+        if (renewed or self._db.search_new) and self._start != "rebuild":
+            await self._fill_search()
 
     async def _fill_search(self, *, quiet: bool = False) -> None:
         """Reads every session's text into a new or stale search table, a batch at a time (search answers

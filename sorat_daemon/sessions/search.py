@@ -1,10 +1,15 @@
 """Full-text search over the sessions: their titles and the text of their visible messages, answered by
-an SQLite FTS5 table beside the index in ``.index.sqlite3``, never by reading the files.
+SQLite FTS5 tables beside the index, never by reading the files.
 
-Tables (in the index's database; a cache like the rest of it, refilled from the files)::
+``.search.sqlite3`` (attached to the index's connection as ``fts``; a cache like the index, refilled
+from the files)::
 
     search_sessions (n INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT UNIQUE, title TEXT, upto INTEGER)
     search          FTS5 (text), contentless, detail=none: rowid = n << 24 | seq
+
+A file of its own, not tables in ``.index.sqlite3``: the index is checked (``quick_check``) before the
+daemon serves, and the search tables would more than double that wait; this file is checked in the
+background (and made anew, then refilled, if it fails).
 
 ``n`` numbers a session once and is never reused (AUTOINCREMENT), so a rowid says whose text it is
 without a mapping row per message; ``seq`` is the message's record number (``TITLE`` for the title
@@ -13,7 +18,7 @@ it, and a refill after a crash adds what the lost writes missed, never a row twi
 no copy of the text (contentless) and no positions (detail=none: a word is a term, never a phrase), so
 a session's index is a fraction of its text. The price: a contentless row can only be removed with its
 exact text, which is kept for titles only; a deleted session's message rows stay behind as entries no
-live ``n`` reaches, until the index is next rebuilt.
+live ``n`` reaches, until the file is next made anew.
 
 What is indexed: the text of user and assistant messages as the client saw them, superseded versions
 included (they stay reachable on the session's page), and the generated title. Tool calls and results
@@ -22,13 +27,16 @@ and system prompts are not: they would bury a session's words under every page t
 Results come newest first by ``updated_at``, with the listing's cursor (how, whatever a word's
 frequency: ``query``).
 
-Every function taking ``db`` runs on the index's database thread.
+Every function taking ``db`` runs on the index's database thread, on its connection.
 """
 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
+import logging
+import os
 import re
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -40,36 +48,70 @@ from ..wire import text_of
 from . import files
 from .format import Record, parse_lines
 
-SCHEMA = "1"  # of the search tables: another value makes them anew
+log = logging.getLogger("sorat.sessions")
+
+FILE = ".search.sqlite3"
+SCHEMA = 1  # of the search file (its user_version): another value makes it anew
 SHIFT = 24  # bits of the seq in a rowid: 16 million records a session
 TITLE = (1 << SHIFT) - 1  # the seq of the title row
 FEW = 1500  # a query matching at most this many rows is answered from its matching sessions, sorted
 BUDGET = 30_000  # rows of matches read on for older sessions before asking about each one instead
 _TOKEN = re.compile(r"\w+")
 _COLUMNS = "s.id, s.title, s.model, s.created_at, s.updated_at, s.message_count"
+_TABLES = """
+    DROP TABLE IF EXISTS fts.search;
+    DROP TABLE IF EXISTS fts.search_sessions;
+    CREATE TABLE fts.search_sessions (
+        n INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, title TEXT,
+        upto INTEGER NOT NULL DEFAULT -1);
+    CREATE VIRTUAL TABLE fts.search USING fts5(
+        text, content='', detail=none, tokenize='porter unicode61 remove_diacritics 2');
+"""
 
 Texts = list[tuple[int, str]]  # (seq, text) of one session's new records
 
 
-def create(db: sqlite3.Connection) -> bool:
-    """Makes the tables unless they exist in this version; True when they are new, so the sessions'
-    text must be read in (``fill``). Call after the index's own tables exist."""
-    row = db.execute("SELECT value FROM state WHERE name = 'search'").fetchone()
-    if row is not None and row[0] == SCHEMA:
+def attach(db: sqlite3.Connection, root: Path) -> bool:
+    """Attaches the search file as ``fts``, making its tables if they are missing or of another
+    version; True when they are new, so the sessions' text must be read in (``fill``)."""
+    path = root / FILE
+    try:
+        return _attach(db, path)
+    except sqlite3.DatabaseError as e:
+        log.warning("search index unusable (%s): making it anew", e)
+        return renew(db, path)
+
+
+def _attach(db: sqlite3.Connection, path: Path) -> bool:
+    db.execute("ATTACH DATABASE ? AS fts", (str(path),))
+    db.execute("PRAGMA fts.journal_mode=WAL")
+    db.execute("PRAGMA fts.synchronous=NORMAL")
+    if db.execute("PRAGMA fts.user_version").fetchone()[0] == SCHEMA:
         return False
-    db.executescript(
-        """
-        DROP TABLE IF EXISTS search;
-        DROP TABLE IF EXISTS search_sessions;
-        CREATE TABLE search_sessions (
-            n INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, title TEXT,
-            upto INTEGER NOT NULL DEFAULT -1);
-        CREATE VIRTUAL TABLE search USING fts5(
-            text, content='', detail=none, tokenize='porter unicode61 remove_diacritics 2');
-        """
-    )
-    db.execute("INSERT OR REPLACE INTO state (name, value) VALUES ('search', ?)", (SCHEMA,))
+    db.executescript(_TABLES + f"PRAGMA fts.user_version = {SCHEMA};")
     return True
+
+
+def renew(db: sqlite3.Connection, path: Path) -> bool:
+    """Deletes the search file and makes it anew (empty: to be filled)."""
+    with contextlib.suppress(sqlite3.Error):
+        db.execute("DETACH DATABASE fts")
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{path}{suffix}")
+    return _attach(db, path)
+
+
+def check(db: sqlite3.Connection, root: Path) -> bool:
+    """The search file's own check, done in the background; True when it failed and was made anew."""
+    try:
+        ok = db.execute("PRAGMA fts.quick_check").fetchone()[0] == "ok"
+    except sqlite3.DatabaseError:
+        ok = False
+    if ok:
+        return False
+    log.warning("search index failed its check: making it anew")
+    return renew(db, root / FILE)
 
 
 def texts(records: Iterable[Record]) -> Texts:
@@ -134,9 +176,9 @@ class Writes:
 
 
 def _number(db: sqlite3.Connection, key: str) -> tuple[int, str | None, int]:
-    row = db.execute("SELECT n, title, upto FROM search_sessions WHERE key = ?", (key,)).fetchone()
+    row = db.execute("SELECT n, title, upto FROM fts.search_sessions WHERE key = ?", (key,)).fetchone()
     if row is None:
-        n = db.execute("INSERT INTO search_sessions (key) VALUES (?)", (key,)).lastrowid
+        n = db.execute("INSERT INTO fts.search_sessions (key) VALUES (?)", (key,)).lastrowid
         assert n is not None
         return n, None, -1
     return row[0], row[1], row[2]
@@ -144,7 +186,7 @@ def _number(db: sqlite3.Connection, key: str) -> tuple[int, str | None, int]:
 
 def _remove_title(db: sqlite3.Connection, n: int, title: str) -> None:
     row = n << SHIFT | TITLE
-    db.execute("INSERT INTO search (search, rowid, text) VALUES ('delete', ?, ?)", (row, title))
+    db.execute("INSERT INTO fts.search (search, rowid, text) VALUES ('delete', ?, ?)", (row, title))
 
 
 def write(db: sqlite3.Connection, writes: Writes) -> None:
@@ -156,15 +198,15 @@ def write(db: sqlite3.Connection, writes: Writes) -> None:
             if last <= upto:
                 continue
             new = [(n << SHIFT | seq, text) for seq, text in found if seq > upto]
-            db.executemany("INSERT INTO search (rowid, text) VALUES (?, ?)", new)
-            db.execute("UPDATE search_sessions SET upto = ? WHERE n = ?", (last, n))
+            db.executemany("INSERT INTO fts.search (rowid, text) VALUES (?, ?)", new)
+            db.execute("UPDATE fts.search_sessions SET upto = ? WHERE n = ?", (last, n))
         for key, title in writes.titles.items():
             n, old, _ = _number(db, key)
             if title != old:
                 if old:
                     _remove_title(db, n, old)
-                db.execute("INSERT INTO search (rowid, text) VALUES (?, ?)", (n << SHIFT | TITLE, title))
-                db.execute("UPDATE search_sessions SET title = ? WHERE n = ?", (title, n))
+                db.execute("INSERT INTO fts.search (rowid, text) VALUES (?, ?)", (n << SHIFT | TITLE, title))
+                db.execute("UPDATE fts.search_sessions SET title = ? WHERE n = ?", (title, n))
     except BaseException:
         db.execute("ROLLBACK")
         raise
@@ -190,16 +232,16 @@ def fill(db: sqlite3.Connection, root: Path, keys: Iterable[str]) -> None:
 
 def forget(db: sqlite3.Connection, key: str) -> None:
     """A deleted session: its title row goes; its message rows stay unreachable (module docstring)."""
-    row = db.execute("SELECT n, title FROM search_sessions WHERE key = ?", (key,)).fetchone()
+    row = db.execute("SELECT n, title FROM fts.search_sessions WHERE key = ?", (key,)).fetchone()
     if row is not None:
         if row[1]:
             _remove_title(db, row[0], row[1])
-        db.execute("DELETE FROM search_sessions WHERE n = ?", (row[0],))
+        db.execute("DELETE FROM fts.search_sessions WHERE n = ?", (row[0],))
 
 
 def prune(db: sqlite3.Connection) -> None:
     """Forgets the sessions the index no longer has (files removed while sorat was stopped)."""
-    gone = db.execute("SELECT key FROM search_sessions WHERE key NOT IN (SELECT key FROM sessions)")
+    gone = db.execute("SELECT key FROM fts.search_sessions WHERE key NOT IN (SELECT key FROM sessions)")
     for (key,) in gone.fetchall():
         forget(db, key)
 
@@ -237,12 +279,13 @@ def query(
             return None
         since = [found[0], found[0], after]
     older = "(s.updated_at < ? OR (s.updated_at = ? AND s.key < ?))" if since else ""
-    matches = db.execute("SELECT rowid FROM search WHERE search MATCH ? ORDER BY rowid DESC", (expression,))
+    newest = "SELECT rowid FROM fts.search WHERE search MATCH ? ORDER BY rowid DESC"
+    matches = db.execute(newest, (expression,))
     first = matches.fetchmany(FEW + 1)
     if len(first) <= FEW:
         numbers = ",".join(str(n) for n in sorted({rowid >> SHIFT for (rowid,) in first}))
         cursor = db.execute(
-            f"SELECT {_COLUMNS} FROM search_sessions m JOIN sessions s ON s.key = m.key"
+            f"SELECT {_COLUMNS} FROM fts.search_sessions m JOIN sessions s ON s.key = m.key"
             f" WHERE m.n IN (SELECT value FROM json_each(?)){' AND ' + older if older else ''}"
             " ORDER BY s.updated_at DESC, s.key DESC LIMIT ?",
             (f"[{numbers}]", *since, limit + 1),
@@ -251,7 +294,7 @@ def query(
         return rows[:limit], len(rows) > limit
     seen = _Matches(db, expression, matches, first)
     walk = db.execute(  # the sessions as the listing orders them, from two covering indexes
-        "SELECT s.key, m.n FROM sessions s CROSS JOIN search_sessions m ON m.key = s.key"
+        "SELECT s.key, m.n FROM sessions s CROSS JOIN fts.search_sessions m ON m.key = s.key"
         f"{' WHERE ' + older if older else ''} ORDER BY s.updated_at DESC, s.key DESC",
         since,
     )
@@ -297,6 +340,6 @@ class _Matches:
             return True
         if n > self._floor:
             return False
-        probe = "SELECT 1 FROM search WHERE search MATCH ? AND rowid BETWEEN ? AND ? LIMIT 1"
+        probe = "SELECT 1 FROM fts.search WHERE search MATCH ? AND rowid BETWEEN ? AND ? LIMIT 1"
         found = self._db.execute(probe, (self._expression, n << SHIFT, n << SHIFT | TITLE)).fetchone()
         return found is not None
