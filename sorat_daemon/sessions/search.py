@@ -283,6 +283,7 @@ def query(
     matches = db.execute(newest, (expression,))
     first = matches.fetchmany(FEW + 1)
     if len(first) <= FEW:
+        matches.close()
         numbers = ",".join(str(n) for n in sorted({rowid >> SHIFT for (rowid,) in first}))
         cursor = db.execute(
             f"SELECT {_COLUMNS} FROM fts.search_sessions m JOIN sessions s ON s.key = m.key"
@@ -305,6 +306,7 @@ def query(
             if len(keys) > limit:
                 break
     walk.close()
+    matches.close()
     cursor = db.execute(
         f"SELECT {_COLUMNS} FROM sessions s WHERE s.key IN (SELECT value FROM json_each(?))"
         " ORDER BY s.updated_at DESC, s.key DESC",
