@@ -380,7 +380,6 @@ async def test_pydantic_ai_streamed_run_in_tool_calls_mode(
     assert_one_session(daemon, "pydantic-ai tool_calls mode: time?")
 
 
-@pytest.mark.xfail(strict=True, reason="needs r-sessions: tool results and a user message continue (item 3)")
 async def test_pydantic_ai_structured_output_then_a_second_run(
     daemon: DaemonProc, upstream: Upstream, pydantic_agent: Any
 ) -> None:
