@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--rotate", action="store_true", help="replace the token with a new one")
     model = sub.add_parser("model", help="list the providers' models, or make NAME the active one")
     model.add_argument("name", nargs="?", help="the model to make active")
+    ui = sub.add_parser("open", help="open the web UI in the browser, already signed in")
+    ui.add_argument("--print", action="store_true", dest="print_only", help="print the one-time link instead")
     auto = sub.add_parser("autostart", help="start sorat at login")
     auto.add_argument("action", choices=["enable", "disable", "status"])
     return p
@@ -61,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             return _autostart(args.action)
         if args.command == "model":
             return _model(home, args.name)
+        if args.command == "open":
+            return _open(home, args.print_only)
         return _run(home, args, tray=args.command is None)
     except config.ConfigError as e:
         print(f"sorat: {e}", file=sys.stderr)
@@ -91,6 +95,45 @@ def _run(home: Home, args: argparse.Namespace, *, tray: bool) -> int:
 def _token(home: Home, rotate: bool) -> int:
     home.root.mkdir(parents=True, exist_ok=True)
     print(tokens.rotate(home.token) if rotate else tokens.load_or_create(home.token))
+    return 0
+
+
+def _open(home: Home, print_only: bool) -> int:
+    """Asks the running daemon for a one-time sign-in link (a route behind the bearer token, so only
+    who can read the token gets one), then opens it or prints it."""
+    import urllib.error
+    import urllib.request
+
+    from sorat_daemon import wire
+
+    try:
+        where = home.lock.read_text(encoding="utf-8").strip()
+    except OSError:
+        where = ""
+    url = where.partition(", ")[2]
+    token = tokens.read(home.token)
+    if not url or not token:
+        print(f"sorat: not running for {home.root}; start it with `sorat` or `sorat serve`", file=sys.stderr)
+        return 1
+    url = url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
+    ask = urllib.request.Request(
+        url + "/v1/ui/login-link", data=b"", method="POST", headers={"Authorization": f"Bearer {token}"}
+    )
+    try:
+        with urllib.request.urlopen(ask, timeout=10) as resp:
+            link = wire.loads(resp.read())["url"]
+    except (urllib.error.URLError, OSError, ValueError, KeyError) as e:
+        print(f"sorat: cannot reach sorat at {url} ({e}); is it running?", file=sys.stderr)
+        return 1
+    if print_only:
+        print(link)
+        return 0
+    import webbrowser
+
+    if not webbrowser.open(link):
+        print(f"sorat: no browser to open; this link signs in once within 60 s:\n{link}", file=sys.stderr)
+        return 1
+    print(f"opened the web UI at {link.partition('/ui/')[0]}/ in the browser")
     return 0
 
 

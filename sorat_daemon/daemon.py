@@ -14,12 +14,15 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from sorat_daemon import config
 from sorat_daemon.paths import Home
 from sorat_daemon.runtime import Runtime
 from sorat_daemon.state import StateHub
+
+if TYPE_CHECKING:
+    from sorat_daemon.ui.entry import WebUI
 
 log = logging.getLogger("sorat.daemon")
 
@@ -147,6 +150,7 @@ class Daemon:
         self._shutdown: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
         self._lock = InstanceLock(home.lock)
+        self._web_ui: WebUI | None = None  # while serving
 
     # -- foreground -------------------------------------------------------------------------------
     def run(self, on_ready: Callable[[str], None] | None = None, *, signals: bool = True) -> None:
@@ -178,6 +182,7 @@ class Daemon:
             self.runtime = rt
             await rt.start()
             app = create_app(rt)
+            self._web_ui = app.web_ui  # type: ignore[attr-defined]
             hc = Config()
             hc.bind = [f"fd://{sock.detach()}"]  # hypercorn owns the socket from here
             hc.graceful_timeout = GRACEFUL_S
@@ -198,6 +203,7 @@ class Daemon:
                 await serve(app, hc, shutdown_trigger=self._shutdown.wait)
             finally:
                 log.info("stopping: saving sessions")
+                self._web_ui = None
                 await rt.aclose()
                 self.state.update(running=False)
                 log.info("stopped")
@@ -248,3 +254,8 @@ class Daemon:
         rt, loop = self.runtime, self._loop
         if rt and loop and not loop.is_closed():
             loop.call_soon_threadsafe(rt.set_active_model, name)
+
+    def open_ui_url(self) -> str | None:
+        """A fresh one-time sign-in link to the web UI (the tray's *Open sorat*); None until it serves."""
+        web_ui = self._web_ui
+        return web_ui.login_url() if web_ui is not None else None

@@ -435,6 +435,7 @@ def test_openapi_describes_every_route(fuzzed: DaemonProc) -> None:
     import httpx
 
     from sorat_daemon.http.app import create_app
+    from sorat_daemon.ui.entry import is_ui_path
 
     assert httpx.get(fuzzed.url + "/openapi.json").status_code == 401  # behind the token
     served = httpx.get(fuzzed.url + "/openapi.json", headers=fuzzed.headers()).json()
@@ -448,7 +449,9 @@ def test_openapi_describes_every_route(fuzzed: DaemonProc) -> None:
         (re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), method)
         for rule in app.url_map.iter_rules()
         for method in rule.methods or ()
-        if method not in ("HEAD", "OPTIONS") and rule.endpoint != "static"
+        if method not in ("HEAD", "OPTIONS")
+        and rule.endpoint != "static"
+        and not is_ui_path(rule.rule)  # the web UI's pages: not API (tests/test_ui_security.py)
     }
     # the protocol endpoints, served in front of Quart (sorat_daemon/http/endpoint.py)
     routes |= {(path, m) for path, e in app.endpoints.items() for m in e.methods}  # type: ignore[attr-defined]

@@ -14,7 +14,7 @@ from sorat_daemon import config
 from sorat_daemon.paths import Home
 from sorat_daemon.state import StateHub
 from sorat_daemon.tools.manager import ToolManager, builtin_tools
-from sorat_daemon.tools.registry import Toolset
+from sorat_daemon.tools.registry import ToolContext, Toolset
 from sorat_daemon.tools.settings import (
     TEMPLATE,
     RunCommandSettings,
@@ -295,3 +295,23 @@ async def test_secret_env_names_reach_run_command(manager: ToolManager, home: Ho
     ctx = ToolContext(home=home, env={"PATH": os.environ["PATH"], "MY_KEY": "hidden", "LANG": "C"})
     out = await manager.current().call("run_command", '{"command": "env"}', ctx)
     assert "hidden" not in out and "LANG=C" in out
+
+
+async def test_families_with_their_state_and_last_error(home: Home) -> None:
+    home.tools.write_text('[run_command]\nmode = "disabled"\n[web]\nenabled = false\n')
+    m = ToolManager(home)
+    await m.start()
+    try:
+        families = {f.name: f for f in m.families()}
+        assert list(families) == ["clock", "run_command", "files", "web", "memory"]
+        assert families["run_command"].state == "disabled" and families["run_command"].tools == ()
+        assert families["web"].state == "off" and families["files"].state == "on"
+        assert "read_file" in families["files"].tools and families["files"].last_error is None
+        ctx = ToolContext(home=home)
+        await m.current().call("read_file", '{"path": "no-such-file.txt"}', ctx)
+        error = {f.name: f for f in m.families()}["files"].last_error
+        assert error is not None and error[0] > 0 and "no-such-file" in error[1]
+        assert m.last_error("read_file") == error
+        assert m.servers() == []
+    finally:
+        await m.aclose()

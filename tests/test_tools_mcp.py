@@ -209,3 +209,19 @@ def test_results_become_text_for_the_model() -> None:
         result_value(result(text, is_error=True))
     big = types.TextContent(type="text", text="x" * (MAX_RESULT_CHARS + 10))
     assert result_value(result(big)).endswith("[truncated]")
+
+
+async def test_state_and_last_error_for_the_status_page(home: Home) -> None:
+    home.tools.write_text('[mcp.servers.ghost]\ncommand = "/no/such/program"\n' + server_toml("ok"))
+    m = ToolManager(home, mcp_backoff_s=0.05)
+    await m.start()
+    try:
+        servers = {s.name: s for s in m.servers()}
+        assert list(servers) == ["ghost", "ok"]
+        await wait_for(lambda: servers["ok"].state == "running")
+        assert servers["ok"].last_error is None
+        await wait_for(lambda: servers["ghost"].state == "restarting")
+        assert "command not found" in (servers["ghost"].last_error or "")
+    finally:
+        await m.aclose()
+    assert servers["ok"].state == "stopped"

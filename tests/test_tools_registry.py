@@ -215,3 +215,14 @@ async def test_hand_made_tool_with_schema_validation(ctx: ToolContext) -> None:
 
 def test_a_tool_is_still_callable() -> None:
     assert greet("ann", times=2) == "hello ann hello ann"
+
+
+async def test_failures_are_reported(ctx: ToolContext) -> None:
+    """``on_error`` hears of each failed call (the web UI's status page shows the last one)."""
+    heard: list[tuple[str, str]] = []
+    ts = Toolset([greet, slow], on_error=lambda name, message: heard.append((name, message)))
+    await ts.call("greet", '{"name": "x"}', ctx)
+    await ts.call("slow", "{}", ctx)
+    await ts.call("nope", "{}", ctx)
+    assert [name for name, _ in heard] == ["slow", "nope"]
+    assert "timed out" in heard[0][1] and "unknown tool" in heard[1][1]

@@ -31,6 +31,8 @@ from sorat_daemon.http.guard import MAX_BODY, Guard
 from sorat_daemon.http.messages import CountTokensEndpoint, MessagesEndpoint
 from sorat_daemon.protocols.messages_render import error_json as anthropic_error
 from sorat_daemon.turn import Pipeline
+from sorat_daemon.ui.entry import is_ui_path
+from sorat_daemon.ui.entry import register as register_ui
 
 if TYPE_CHECKING:
     from sorat_daemon.runtime import Runtime
@@ -92,9 +94,14 @@ def create_app(rt: Runtime) -> Quart:
 
     app.asgi_app = asgi  # type: ignore[method-assign]
 
+    web_ui = register_ui(app, rt, guard, json_response)
+    app.web_ui = web_ui  # type: ignore[attr-defined]
+
     @app.before_request
     async def check() -> Response | None:
         g.start = time.perf_counter()
+        if is_ui_path(request.path):  # the UI's own checks: its cookie, never the bearer token
+            return await web_ui.check()
         headers = request.headers
         preflight = guard.check(
             request.method,
@@ -110,8 +117,11 @@ def create_app(rt: Runtime) -> Quart:
 
     @app.after_request
     async def finish(response: Response) -> Response:
-        for name, value in guard.cors(request.headers.get("Origin"), request.method, request.path):
-            response.headers[name] = value
+        if is_ui_path(request.path):
+            web_ui.secure(response)  # and no CORS headers: no other origin reads the UI
+        else:
+            for name, value in guard.cors(request.headers.get("Origin"), request.method, request.path):
+                response.headers[name] = value
         access(request.method, request.path, response.status_code, g.get("start"), None)
         return response
 

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import files
+from . import files, search
 from .format import CLEAN, INDEX, META_FORMAT, meta_row
 
 log = logging.getLogger("sorat.sessions")
@@ -29,6 +29,7 @@ T = TypeVar("T")
 
 _CANDIDATES = 20  # sessions compared exactly for one hash lookup
 _ROW = "key, id, title, model, created_at, updated_at, message_count, lookup, version"
+_FILL_BATCH = 64  # sessions read into the search table per step of a refill
 
 
 class Database:
@@ -38,6 +39,7 @@ class Database:
         self.root = root
         self.path = root / INDEX
         self.db: sqlite3.Connection | None = None
+        self.search_new = False  # the search table was just made: the sessions' text must be read in
 
     def open(self) -> tuple[str, bool]:
         """Opens (or recreates) the database; returns the clean-close token it holds ("" if none) and
@@ -74,6 +76,7 @@ class Database:
                 PRAGMA user_version = {self.SCHEMA};
                 """
             )
+        self.search_new = search.attach(db, self.root)  # after the index's check: not in it
         row = db.execute("SELECT value FROM state WHERE name = 'clean'").fetchone()
         return (row[0] if row else ""), created
 
@@ -110,6 +113,7 @@ class Database:
 
     def delete(self, key: str) -> None:
         self._db().execute("DELETE FROM sessions WHERE key = ?", (key,))
+        search.forget(self._db(), key)
 
     def keys(self) -> set[str]:
         return {key for (key,) in self._db().execute("SELECT key FROM sessions")}
@@ -120,6 +124,21 @@ class Database:
         for (key,) in db.execute("SELECT key FROM sessions").fetchall():
             if not any(p.exists() for p in files.paths(self.root, key)):
                 db.execute("DELETE FROM sessions WHERE key = ?", (key,))
+        search.prune(db)
+
+    def check_search(self) -> bool:
+        return search.check(self._db(), self.root)
+
+    def write_search(self, writes: search.Writes) -> None:
+        search.write(self._db(), writes)
+
+    def fill_search(self, keys: Sequence[str]) -> None:
+        search.fill(self._db(), self.root, keys)
+
+    def search_page(
+        self, expression: str, limit: int, after: str | None
+    ) -> tuple[builtins.list[dict[str, Any]], bool] | None:
+        return search.query(self._db(), expression, limit, after)
 
     def find(self, lookup: str) -> builtins.list[str]:
         cursor = self._db().execute(
@@ -180,6 +199,8 @@ class Index:
         self._ready = asyncio.Event()  # listing may go on: the index is right, or its repair gave up
         self.trusted = False  # the index is complete (trusted on open, or repaired)
         self._rows: dict[str, tuple[Any, ...]] = {}  # not written yet, by session key
+        self.texts = search.Writes()  # searchable text and titles not written yet
+        self._fill: asyncio.Task[None] | None = None
         self._start: str | None = None  # what open decided the background task does
         self._repair: asyncio.Task[None] | None = None
 
@@ -207,6 +228,7 @@ class Index:
 
     def start(self, resave: Resave) -> None:
         """Starts the check or the repair that ``open`` decided on."""
+        self._fill = asyncio.create_task(self._check_search(), name="sorat-sessions-search-check")
         if self._start == "verify":
             self._repair = asyncio.create_task(self._verify(resave), name="sorat-sessions-verify")
         elif self._start == "rebuild":
@@ -214,11 +236,12 @@ class Index:
 
     async def stop(self) -> None:
         """Cancels the check or repair still running: the next open takes it up again."""
-        task, self._repair = self._repair, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (self._repair, self._fill):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._repair = self._fill = None
 
     async def close(self, *, clean: bool) -> None:
         """Closes the database; ``clean`` (nothing in use) and a trusted index leave the token that makes
@@ -233,17 +256,19 @@ class Index:
         self._thread = None
 
     async def ready(self) -> None:
-        """Waits until the index is right and checked against the files."""
+        """Waits until the index is right and checked against the files, its search table filled."""
         await self._ready.wait()
-        if self._repair is not None and not self._repair.done():
-            await asyncio.wait([self._repair])
+        for task in (self._repair, self._fill):
+            if task is not None and not task.done():
+                await asyncio.wait([task])
 
     def queue(self, key: str, row: tuple[Any, ...]) -> None:
         self._rows[key] = row
 
     def forget(self, key: str) -> None:
-        """Drops the row queued for a session that is gone."""
+        """Drops the row and the text queued for a session that is gone."""
         self._rows.pop(key, None)
+        self.texts.forget(key)
 
     async def save(self, row: tuple[Any, ...]) -> None:
         """Writes a row now, over a newer version if need be (a session rebuilt from its messages)."""
@@ -258,9 +283,16 @@ class Index:
             except BaseException:  # a full disk, say: the rows wait for the next flush (newer ones win)
                 self._rows = {**rows, **self._rows}
                 raise
+        if self.texts:  # after the rows: a new session's text follows its row
+            texts = self.texts.take()
+            try:
+                await self._call(self._db.write_search, texts)
+            except BaseException:
+                self.texts.restore(texts)
+                raise
 
     async def delete(self, key: str) -> None:
-        self._rows.pop(key, None)
+        self.forget(key)
         await self._call(self._db.delete, key)
 
     async def find(self, lookup: str) -> builtins.list[str]:
@@ -276,6 +308,43 @@ class Index:
         except sqlite3.Error as e:  # the index still reads: list what it has
             log.warning("session index not updated (%s); listing may miss the latest changes", e)
         return await self._call(self._db.page, limit, after)
+
+    async def search_page(
+        self, expression: str, limit: int, after: str | None
+    ) -> tuple[builtins.list[dict[str, Any]], bool] | None:
+        await self._ready.wait()
+        try:
+            await self.flush()
+        except sqlite3.Error as e:  # the index still reads: search what it has
+            log.warning("session index not updated (%s); search may miss the latest changes", e)
+        return await self._call(self._db.search_page, expression, limit, after)
+
+    async def _check_search(self) -> None:
+        """The search file's check (in the background: the daemon serves meanwhile); a new or remade
+        file is filled, unless a rebuild of the index does that."""
+        try:
+            renewed = await self._call(self._db.check_search)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("checking the search index failed")
+            return
+        if (renewed or self._db.search_new) and self._start != "rebuild":
+            await self._fill_search()
+
+    async def _fill_search(self, *, quiet: bool = False) -> None:
+        """Reads every session's text into a new or stale search table, a batch at a time (search answers
+        meanwhile, from what is in). ``quiet``: part of a rebuild, which says it is done."""
+        try:
+            keys = sorted(await self._call(self._db.keys))
+            for i in range(0, len(keys), _FILL_BATCH):
+                await self._call(self._db.fill_search, keys[i : i + _FILL_BATCH])
+            if keys and not quiet:
+                log.info("search index filled: %d sessions", len(keys))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("filling the search index failed; search may miss sessions")
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -304,6 +373,7 @@ class Index:
                 await resave(key)
             await self._call(self._db.prune)
             self._ready.set()  # outdated rows list right: only their lookup hash waits for the messages
+            await self._fill_search(quiet=True)  # what a crash kept of the search table, completed
             for key in outdated:
                 await resave(key)
             self.trusted = True

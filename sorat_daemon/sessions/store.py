@@ -25,7 +25,7 @@ from typing import Any
 
 from .. import errors
 from ..types import Message
-from . import files
+from . import files, search
 from .format import Record, dumps, header_line, key_of, meta_row, new_id, supersede_line, valid_session_id
 from .history import Request, with_results
 from .index import Index
@@ -212,6 +212,7 @@ class SessionStore:
             if session is None:
                 return  # deleted meanwhile
             session.title = title
+            self._index.texts.title(key, title)
             await self._save(session, slot)
 
     # -- turns ------------------------------------------------------------------------------------------
@@ -332,6 +333,7 @@ class SessionStore:
         self._write(session, b"".join(r.line() for r in records))
         for record in records:
             history.apply(record)
+        self._index.texts.add(session.key, records)  # searchable with the next flush
 
     def _write(self, session: Session, data: bytes) -> None:
         """One append, on the event loop: an os.write to an open file costs microseconds."""
@@ -436,6 +438,23 @@ class SessionStore:
             raise RuntimeError("the session store is not open")
 
     # -- listing (last: the name would shadow the builtin in the annotations below it) -----------------
+
+    async def search(
+        self, query: str, limit: int = 50, after: str | None = None
+    ) -> tuple[builtins.list[dict], bool]:
+        """Rows of the sessions whose title or messages hold every word of ``query``, newest first, as
+        ``list`` pages them (``search.py``)."""
+        if not 1 <= limit <= 1000:
+            raise errors.RequestError("limit must be between 1 and 1000", param="limit")
+        if after is not None and not valid_session_id(after):
+            raise errors.RequestError(f"No session {after!r}", param="after")
+        expression = search.match(query)
+        if expression is None:
+            return [], False
+        page = await self._index.search_page(expression, limit, None if after is None else key_of(after))
+        if page is None:
+            raise errors.RequestError(f"No session {after!r}", param="after")
+        return page
 
     async def list(self, limit: int = 100, after: str | None = None) -> tuple[builtins.list[dict], bool]:
         """Rows newest first (by updated_at) and whether more follow."""

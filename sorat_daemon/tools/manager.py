@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Collection
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sorat_daemon.paths import Home
@@ -32,6 +33,16 @@ log = logging.getLogger("sorat.tools")
 
 _DEBOUNCE_MS = 300  # watchfiles groups an editor's burst of events; the change still applies within 2 s
 _RETRY_WATCH_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    """A family of built-in tools as the status page shows it."""
+
+    name: str  # clock, run_command, files, web, memory (as [agent] tools_with_client_tools names them)
+    state: str  # on | off | allowlist | unrestricted | disabled | on (backend)
+    tools: tuple[str, ...]  # the tools it offers now
+    last_error: tuple[float, str] | None  # when one of them last failed, and how
 
 
 def builtin_tools(settings: ToolSettings, *, secret_env_names: Collection[str] = ()) -> list[Tool]:
@@ -64,7 +75,8 @@ class ToolManager:
         self._builtin = builtin_tools(self._settings, secret_env_names=self._secrets)
         self._servers: dict[str, McpServer] = {}
         self._stopping_servers: set[asyncio.Task[None]] = set()
-        self._current = Toolset(self._builtin)
+        self._tool_errors: dict[str, tuple[float, str]] = {}  # tool → (when, last failure)
+        self._current = Toolset(self._builtin, on_error=self._failed)
         self._error: str | None = None
         self._text: str | None = None  # the file's text last applied or rejected
         self._stop = asyncio.Event()
@@ -83,6 +95,40 @@ class ToolManager:
     @property
     def settings(self) -> ToolSettings:
         return self._settings
+
+    def families(self) -> list[Family]:
+        """Each built-in family with its state (its tools.toml mode) and its tools' last failure."""
+        s = self._settings
+        web = f"on ({s.web.search_backend})" if s.web.enabled else "off"
+        states = {
+            "clock": "on",
+            "run_command": s.run_command.mode,
+            "files": "on" if s.files_enabled else "off",
+            "web": web,
+            "memory": "on" if s.memory_enabled else "off",
+        }
+        tools: dict[str, list[str]] = {name: [] for name in states}
+        for t in self._builtin:
+            tools.setdefault(t.family, []).append(t.name)
+        return [
+            Family(name, state, tuple(tools[name]), self._last_error(tools[name]))
+            for name, state in states.items()
+        ]
+
+    def servers(self) -> list[McpServer]:
+        """The MCP servers tools.toml asks for, in its order."""
+        return list(self._servers.values())
+
+    def last_error(self, tool: str) -> tuple[float, str] | None:
+        """When the tool last failed (``time.time()``) and how, or None."""
+        return self._tool_errors.get(tool)
+
+    def _last_error(self, tools: Collection[str]) -> tuple[float, str] | None:
+        found = [e for t in tools if (e := self._tool_errors.get(t)) is not None]
+        return max(found) if found else None
+
+    def _failed(self, tool: str, message: str) -> None:
+        self._tool_errors[tool] = (time.time(), message)
 
     def current(self) -> Toolset:
         """The tools for a new request; keep this object for the whole request."""
@@ -177,7 +223,7 @@ class ToolManager:
                     continue
                 names.add(t.name)
                 tools.append(t)
-        self._current = Toolset(tools)
+        self._current = Toolset(tools, on_error=self._failed)
 
     async def _watch(self) -> None:
         from watchfiles import awatch
@@ -220,4 +266,4 @@ class ToolManager:
         await asyncio.gather(
             *(s.aclose() for s in servers), *list(self._stopping_servers), return_exceptions=True
         )
-        self._current = Toolset(self._builtin)
+        self._current = Toolset(self._builtin, on_error=self._failed)

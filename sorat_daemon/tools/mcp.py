@@ -97,6 +97,8 @@ class McpServer:
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()  # the server's output ended, or we are stopping
         self.starts = 0  # how many times the process was started (for tests and logs)
+        self.state = "starting"  # starting | running | restarting | stopped
+        self.last_error: str | None = None  # why it last exited or failed to start
 
     @property
     def name(self) -> str:
@@ -113,6 +115,7 @@ class McpServer:
     async def aclose(self) -> None:
         self._stopping.set()
         self._wake.set()
+        self.state = "stopped"
         task, self._task = self._task, None
         if task is None:
             return
@@ -147,6 +150,7 @@ class McpServer:
                 self._set_tools(())
             if self._stopping.is_set():
                 break
+            self.state, self.last_error = "restarting", problem
             if loop.time() - began >= HEALTHY_AFTER_S:
                 backoff = self._backoff[0]
             log.warning("MCP server %s %s; restarting in %g s", self.name, problem, round(backoff, 1))
@@ -181,6 +185,7 @@ class McpServer:
                     ", ".join(t.name for t in tools) or "none",
                 )
                 self._set_tools(tools)
+                self.state = "running"
                 await self._wake.wait()
                 self._client = None
                 self._set_tools(())

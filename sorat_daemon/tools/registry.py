@@ -330,9 +330,13 @@ def _shorten(value: object, limit: int = _LOG_ARGS_CHARS) -> str:
 class Toolset:
     """An immutable snapshot of the tools offered; one per tools.toml version (plus MCP state)."""
 
-    __slots__ = ("_tools", "_specs", "_subsets")
+    __slots__ = ("_tools", "_specs", "_subsets", "_on_error")
 
-    def __init__(self, tools: Iterable[Tool] = ()) -> None:
+    def __init__(
+        self, tools: Iterable[Tool] = (), *, on_error: Callable[[str, str], None] | None = None
+    ) -> None:
+        """``on_error(tool_name, message)`` hears of every call that failed (for the status page)."""
+        self._on_error = on_error
         by_name: dict[str, Tool] = {}
         for t in tools:
             if t.name in by_name:
@@ -346,7 +350,8 @@ class Toolset:
         """The tools of these families (made once per snapshot: requests ask for the same few sets)."""
         subset = self._subsets.get(families)
         if subset is None:
-            subset = self._subsets[families] = Toolset(t for t in self if t.family in families)
+            chosen = (t for t in self if t.family in families)
+            subset = self._subsets[families] = Toolset(chosen, on_error=self._on_error)
         return subset
 
     def specs(self) -> list[dict[str, Any]]:
@@ -393,6 +398,8 @@ class Toolset:
             outcome = f"error: {type(e).__name__}: {e}"
             return _error(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
         finally:
+            if outcome.startswith("error: ") and self._on_error is not None:
+                self._on_error(name, outcome[7:])
             log.info(
                 "tool %s args=%s %d ms %s session=%s",
                 name,

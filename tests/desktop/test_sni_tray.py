@@ -111,6 +111,9 @@ def fake_bin(tmp_path: Path) -> Path:
     opener = bin_dir / "xdg-open"
     opener.write_text(f'#!/bin/sh\necho "$*" >> {tmp_path / "opened"}\n')
     opener.chmod(0o755)
+    browser = bin_dir / "fake-browser"  # $BROWSER, which webbrowser honours: the web UI's sign-in link
+    browser.write_text(f'#!/bin/sh\necho "$*" >> {tmp_path / "browsed"}\n')
+    browser.chmod(0o755)
     return bin_dir
 
 
@@ -138,6 +141,7 @@ def start_sorat(tmp_path: Path, bus: str | None, fake_bin: Path, upstream: Upstr
         XDG_CONFIG_DIRS=str(tmp_path / "xdg-dirs"),
         XDG_RUNTIME_DIR=str(runtime),
         PATH=f"{fake_bin}{os.pathsep}{env.get('PATH', '')}",
+        BROWSER=str(fake_bin / "fake-browser"),
         PYTHONUNBUFFERED="1",
     )
     if bus:
@@ -255,6 +259,7 @@ def test_item_properties_icon_and_menu(
     assert root.labels() == [
         f"sorat — {sorat.url}",
         "---",
+        "Open sorat",
         "Open session folder",
         "Copy bearer token",
         ("Model", ["tiny-model", "other-model"]),
@@ -358,6 +363,15 @@ def test_clicks_switch_the_model_toggle_login_and_quit(
                 "xdg-open", lambda: (tmp_path / "opened").exists() and (tmp_path / "opened").read_text()
             )
             assert (tmp_path / "opened").read_text() == f"{sorat.home / 'sessions'}\n"
+            # Open sorat: the browser gets a one-time sign-in link to the web UI, which signs in once
+            host.click(item, root.find("Open sorat").id)
+            browsed = tmp_path / "browsed"
+            assert poll("the browser", lambda: browsed.exists() and browsed.read_text().strip())
+            link = browsed.read_text().strip()
+            assert link.startswith(f"{sorat.url}/ui/login?nonce=")
+            first, again = httpx.get(link), httpx.get(link)
+            assert first.status_code in (302, 303) and first.cookies, first.text
+            assert not again.cookies  # used once
             # no display, so no clipboard: sorat says so, in the log and as a notification
             host.click(item, root.find("Copy bearer token").id)
             told = host.wait_for("a notification", lambda s: s[0] == "notify")
