@@ -93,6 +93,17 @@ async def _nothing(message: Message, *, visible: Any = ...) -> None:
     return None
 
 
+def with_system_prompt(messages: list[Message], prompt: str) -> list[Message]:
+    """``[agent] system_prompt`` in front of the client's instructions, in ONE leading system message:
+    many chat templates reject a second one."""
+    first = messages[0] if messages else None
+    if first is not None and first.get("role") in ("system", "developer"):
+        theirs = wire.text_of(first.get("content"))
+        joined = f"{prompt}\n\n{theirs}" if theirs else prompt
+        return [{**first, "role": "system", "content": joined}, *messages[1:]]
+    return [{"role": "system", "content": prompt}, *messages]
+
+
 def drop_oldest_turn(messages: list[Message]) -> list[Message] | None:
     """Drop the oldest turn (a user message and what answered it), keeping system messages and the
     latest turn; None when only the latest turn is left."""
@@ -136,7 +147,7 @@ async def run(
     """Run one request to its final answer, yielding events as they happen."""
     messages = list(conversation)
     if opts.system_prompt:
-        messages.insert(0, {"role": "system", "content": opts.system_prompt})
+        messages = with_system_prompt(messages, opts.system_prompt)
     client_names = _client_names(opts.client_tools)
     internal_specs = [s for s in toolset.specs() if s["function"]["name"] not in client_names]
     tools = internal_specs + opts.client_tools

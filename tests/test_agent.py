@@ -320,6 +320,23 @@ async def test_system_prompt_goes_first(ctx: ToolContext) -> None:
     assert model.calls[0].messages[0] == {"role": "system", "content": "Be brief."}
 
 
+async def test_system_prompt_joins_the_clients_in_one_leading_system_message(ctx: ToolContext) -> None:
+    """Many chat templates reject a second system message: sorat's prompt goes in front of the client's."""
+    model = ScriptedModel([Delta(content="ok")])
+    conversation = [
+        {"role": "developer", "content": [{"type": "text", "text": "You are Codex."}]},
+        {"role": "user", "content": "hi"},
+    ]
+    opts = agent.RunOptions("m", system_prompt="Be brief.")
+    [e async for e in agent.run(model, Toolset(), ctx, conversation, opts)]
+    sent = model.calls[0].messages
+    assert sent == [
+        {"role": "system", "content": "Be brief.\n\nYou are Codex."},
+        {"role": "user", "content": "hi"},
+    ]
+    assert conversation[0]["role"] == "developer"  # the caller's list is left as it was
+
+
 def test_drop_oldest_turn_keeps_system_and_latest() -> None:
     msgs = [
         {"role": "system", "content": "s"},
