@@ -57,6 +57,11 @@ def sse(body: str) -> list[Any]:
     return out
 
 
+def user_says(content: str) -> list[dict[str, Any]]:
+    """A conversation of one user message: with the ``prompt`` fixture, one only this test sends."""
+    return [{"role": "user", "content": content}]
+
+
 def write_config(
     home: Path, upstream_url: str | None, extra: str = "", model: str = "gpt-4o", agent: str = ""
 ) -> None:
@@ -161,6 +166,13 @@ def upstream() -> Iterator[Upstream]:
 
     with Upstream() as up:
         yield up
+
+
+@pytest.fixture
+def prompt(request: pytest.FixtureRequest) -> str:
+    """A user text no other test sends (it names the test): the test's requests to the module's shared
+    upstream are ``upstream.requests_for(prompt)``, whatever an earlier test's session still asks."""
+    return f"hi (from {request.node.name})"  # ")": a name may begin another
 
 
 @pytest.fixture

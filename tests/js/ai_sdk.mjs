@@ -1,5 +1,6 @@
 // The Vercel AI SDK (`ai` + @ai-sdk/openai-compatible) against sorat, unchanged:
-// `node ai_sdk.mjs SCENARIO` with SORAT_BASE_URL (…/v1) and SORAT_TOKEN in the environment.
+// `node ai_sdk.mjs SCENARIO` with SORAT_BASE_URL (…/v1), SORAT_TOKEN and SORAT_PROMPT (the user's text)
+// in the environment.
 // Prints one JSON object on stdout; tests/test_clients.py asserts on it.
 import { createOpenAICompatible } from "@ai-sdk/openai-compatible";
 import { generateText, stepCountIs, streamText, tool } from "ai";
@@ -12,7 +13,7 @@ const sorat = createOpenAICompatible({
   includeUsage: true,
 });
 const model = sorat.chatModel("sorat-agent");
-const common = { model, prompt: "hi", maxRetries: 0 };
+const common = { model, prompt: process.env.SORAT_PROMPT ?? "hi", maxRetries: 0 };
 
 function weatherTool(calls) {
   return tool({

@@ -1,5 +1,6 @@
-// openai-node against sorat, unchanged: `node openai_node.mjs SCENARIO` with SORAT_BASE_URL (…/v1) and
-// SORAT_TOKEN in the environment. Prints one JSON object on stdout; tests/test_clients.py asserts on it.
+// openai-node against sorat, unchanged: `node openai_node.mjs SCENARIO` with SORAT_BASE_URL (…/v1),
+// SORAT_TOKEN and SORAT_PROMPT (the user's text) in the environment. Prints one JSON object on stdout;
+// tests/test_clients.py asserts on it.
 import OpenAI from "openai";
 
 const client = new OpenAI({
@@ -8,7 +9,8 @@ const client = new OpenAI({
   maxRetries: 0,
   timeout: 20_000,
 });
-const messages = [{ role: "user", content: "hi" }];
+// the test's own text: it finds its requests on the shared scripted upstream by it
+const messages = [{ role: "user", content: process.env.SORAT_PROMPT ?? "hi" }];
 const weather = {
   type: "function",
   function: {
