@@ -16,6 +16,7 @@ log = logging.getLogger("sorat.config")
 
 TOOL_EVENTS = ("tool_calls", "reasoning", "none")
 TOOL_FAMILIES = ("run_command", "files", "web", "memory", "clock", "mcp")
+PRIVATE = 0o600  # config.toml's mode: it can hold an api_key
 
 TEMPLATE = """\
 # sorat configuration. Every key is optional; the values shown are the defaults.
@@ -256,5 +257,6 @@ def read_active_model(file: Path) -> str | None:
 
 
 def write_template(file: Path) -> bool:
-    """Write the commented template if no config exists yet."""
-    return create_once(file, TEMPLATE)
+    """Write the commented template if no config exists yet: mode 0600, like the token, as the user
+    may put an ``api_key`` in it."""
+    return create_once(file, TEMPLATE, mode=PRIVATE)

@@ -11,7 +11,7 @@ from pathlib import Path
 import tomlkit
 import tomlkit.exceptions
 
-from sorat_daemon.config import TEMPLATE, ConfigError
+from sorat_daemon.config import PRIVATE, TEMPLATE, ConfigError
 
 
 def set_active_model(config_path: Path, model: str) -> None:
@@ -44,10 +44,10 @@ def set_active_model(config_path: Path, model: str) -> None:
 
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
+    try:  # the file can hold an api_key: never readable by others, though a stricter mode stays
+        mode = stat.S_IMODE(path.stat().st_mode) & PRIVATE
     except FileNotFoundError:
-        mode = 0o600  # a new config may soon hold an api_key
+        mode = PRIVATE
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:

@@ -62,11 +62,15 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def create_once(path: Path, text: str) -> bool:
-    """Write ``text`` to ``path`` unless the file exists (a template never overwrites the user's file)."""
+def create_once(path: Path, text: str, mode: int | None = None) -> bool:
+    """Write ``text`` to ``path`` unless the file exists (a template never overwrites the user's file).
+    ``mode``: the new file's mode, whatever the umask (and 0600 while it is written); else the umask's."""
+    created = 0o600 if mode is not None else 0o666
     try:
-        with open(path, "x", encoding="utf-8") as f:
+        with open(path, "x", encoding="utf-8", opener=lambda p, flags: os.open(p, flags, created)) as f:
             f.write(text)
     except FileExistsError:
         return False
+    if mode is not None:
+        os.chmod(path, mode)
     return True

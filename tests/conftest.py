@@ -67,8 +67,7 @@ def sessions_holding(d: DaemonProc, marker: str) -> list[dict[str, Any]]:
         for row in rows:
             session = c.get(f"/v1/sessions/{row['id']}").json()
             if any(
-                m["role"] == "user" and marker in json.dumps(m.get("content"))
-                for m in session["messages"]
+                m["role"] == "user" and marker in json.dumps(m.get("content")) for m in session["messages"]
             ):
                 found.append(session)
     return found
@@ -88,6 +87,11 @@ def assert_one_session(d: DaemonProc, marker: str, roles: str | None = None) -> 
     if roles is not None:
         assert " ".join(m["role"] for m in messages) == roles, messages
     return found[0]
+
+
+def user_says(content: str) -> list[dict[str, Any]]:
+    """A conversation of one user message: with the ``prompt`` fixture, one only this test sends."""
+    return [{"role": "user", "content": content}]
 
 
 def write_config(
@@ -194,6 +198,13 @@ def upstream() -> Iterator[Upstream]:
 
     with Upstream() as up:
         yield up
+
+
+@pytest.fixture
+def prompt(request: pytest.FixtureRequest) -> str:
+    """A user text no other test sends (it names the test): the test's requests to the module's shared
+    upstream are ``upstream.requests_for(prompt)``, whatever an earlier test's session still asks."""
+    return f"hi (from {request.node.name})"  # ")": a name may begin another
 
 
 @pytest.fixture

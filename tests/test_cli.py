@@ -82,6 +82,7 @@ def test_first_start_writes_templates_and_second_instance_refused(home: Path, up
     d = DaemonProc(home).start()
     try:
         assert (home / "config.toml").read_text().startswith("# sorat configuration")
+        assert stat.S_IMODE((home / "config.toml").stat().st_mode) == 0o600  # like the token: an api_key
         assert (home / "tools.toml").exists()
         out = sorat(home, "serve", "--port", "0")
         assert out.returncode == 1 and "already runs" in out.stderr and d.url in out.stderr

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import DaemonProc, assert_one_session
+from tests.conftest import DaemonProc, assert_one_session, user_says
 from tests.upstream import Upstream, text, tool_calls
 
 JS = Path(__file__).resolve().parent / "js"
@@ -90,14 +90,14 @@ def _summed(chunks: list[Any]) -> Any:
     return total
 
 
-def test_langchain_invoke(chat: Any, upstream: Upstream) -> None:
+def test_langchain_invoke(chat: Any, upstream: Upstream, prompt: str) -> None:
     upstream.script(text("Hello there"))
-    msg = chat.invoke("hi")
+    msg = chat.invoke(prompt)
     assert msg.content == "Hello there" and msg.tool_calls == []
     assert msg.response_metadata["finish_reason"] == "stop"
     assert msg.response_metadata["model_name"] == "gpt-4o"
     assert msg.usage_metadata["total_tokens"] == 15
-    assert upstream.requests[0]["messages"] == [{"role": "user", "content": "hi"}]
+    assert upstream.requests_for(prompt)[0]["messages"] == [{"role": "user", "content": prompt}]
 
 
 def test_langchain_stream(chat: Any, upstream: Upstream) -> None:
@@ -126,7 +126,7 @@ def test_langchain_stream_with_internal_tool_rounds(
     upstream.script(text("You're welcome."))
     reply = chat.invoke([HumanMessage("what time is it? (langchain default)"), full, HumanMessage("thanks")])
     assert reply.content == "You're welcome."
-    sent = upstream.requests[-1]["messages"]
+    sent = upstream.requests_for("what time is it? (langchain default)")[-1]["messages"]
     assert_valid_conversation(sent)
     assert " ".join(m["role"] for m in sent) == "user assistant tool tool assistant tool assistant user"
     assert sent[-2]["content"] == "It is noon." and not sent[-2].get("tool_calls")
@@ -158,7 +158,7 @@ def test_langchain_stream_in_tool_calls_mode(chat_tool_calls: Any, upstream: Ups
     upstream.script(text("You're welcome."))
     reply = chat.invoke([HumanMessage("what time is it?"), full, HumanMessage("thanks")])
     assert reply.content == "You're welcome."
-    sent = upstream.requests[-1]["messages"]
+    sent = upstream.requests_for("what time is it?")[-1]["messages"]
     assert_valid_conversation(sent)
     roles = " ".join(m["role"] for m in sent)
     assert roles == "user assistant tool tool assistant tool assistant user"
@@ -181,16 +181,17 @@ def test_langchain_bind_tools_invoke_and_continue(chat: Any, upstream: Upstream)
 
     bound = chat.bind_tools([_get_weather_tool()])
     upstream.script(tool_calls([("get_current_time", {}), ("get_weather", {"city": "Oslo"})]))
-    msg = bound.invoke("weather in Oslo?")
+    question = "weather in Oslo? (then continued)"
+    msg = bound.invoke(question)
     assert msg.response_metadata["finish_reason"] == "tool_calls"
     assert [(c["name"], c["args"]) for c in msg.tool_calls] == [("get_weather", {"city": "Oslo"})]
-    assert upstream.requests[0]["tools"][-1]["function"]["name"] == "get_weather"
+    assert upstream.requests_for(question)[0]["tools"][-1]["function"]["name"] == "get_weather"
 
     upstream.script(text("Sunny in Oslo."))
     call_id = msg.tool_calls[0]["id"]
-    final = bound.invoke([HumanMessage("weather in Oslo?"), msg, ToolMessage("sunny", tool_call_id=call_id)])
+    final = bound.invoke([HumanMessage(question), msg, ToolMessage("sunny", tool_call_id=call_id)])
     assert final.content == "Sunny in Oslo." and final.tool_calls == []
-    sent = upstream.requests[-1]["messages"]
+    sent = upstream.requests_for(question)[-1]["messages"]
     assert_valid_conversation(sent)
     assert [m["role"] for m in sent] == ["user", "assistant", "tool", "tool"]
     assert sent[-1] == {"role": "tool", "tool_call_id": call_id, "content": "sunny"}
@@ -255,11 +256,11 @@ def node(daemon: DaemonProc, script: str, scenario: str, tool_events: str = "", 
 
 
 @pytest.fixture
-def js(node_modules: Path, daemon: DaemonProc) -> Callable[[str, str], Any]:
-    """``js(script, scenario, tool_events="", prompt="")``: the scenario's JSON output, run against the
-    module's daemon."""
-    return lambda script, scenario, tool_events="", prompt="": node(
-        daemon, script, scenario, tool_events, prompt
+def js(node_modules: Path, daemon: DaemonProc, prompt: str) -> Callable[..., Any]:
+    """``js(script, scenario, tool_events="", said=None)``: the scenario's JSON output, run against the
+    module's daemon; the user says ``said``, else the test's ``prompt``."""
+    return lambda script, scenario, tool_events="", said=None: node(
+        daemon, script, scenario, tool_events, prompt if said is None else said
     )
 
 
@@ -337,7 +338,7 @@ def test_openai_node_stream_helper_in_tool_calls_mode(js: Any, upstream: Upstrea
 
 
 @pytest.mark.parametrize("scenario", ["run_tools", "run_tools_stream"])
-def test_openai_node_run_tools(js: Any, upstream: Upstream, scenario: str) -> None:
+def test_openai_node_run_tools(js: Any, upstream: Upstream, prompt: str, scenario: str) -> None:
     """runTools runs the client's tool and sends the result back; sorat continues the same session and
     the model sees both calls answered once. Streamed, the internal call reaches the client as
     reasoning_content (runTools keeps it on the message, harmlessly), never as a tool call to run."""
@@ -352,11 +353,12 @@ def test_openai_node_run_tools(js: Any, upstream: Upstream, scenario: str) -> No
     if scenario == "run_tools_stream":
         assert r["content"] == "Sunny in Oslo."
         assert r["messages"][1]["reasoning_content"] == "get_current_time {}\n"
-    sent = upstream.requests[-1]["messages"]
+    asked = upstream.requests_for(prompt)
+    sent = asked[-1]["messages"]
     assert_valid_conversation(sent)
     assert [m["role"] for m in sent] == ["user", "assistant", "tool", "tool"]
     assert json.loads(sent[-1]["content"]) == {"sky": "sunny", "city": "Oslo"}
-    assert len(upstream.requests) == 2
+    assert len(asked) == 2
 
 
 def test_ai_sdk_generate_text(js: Any, upstream: Upstream) -> None:
@@ -438,7 +440,7 @@ def test_ai_sdk_stream_text_with_stop_when_in_tool_calls_mode(
     )
 
 
-def test_ai_sdk_generate_text_with_a_client_tool(js: Any, upstream: Upstream) -> None:
+def test_ai_sdk_generate_text_with_a_client_tool(js: Any, upstream: Upstream, prompt: str) -> None:
     upstream.script(
         tool_calls([("get_current_time", {}), ("get_weather", {"city": "Oslo"})]), text("Sunny in Oslo.")
     )
@@ -446,13 +448,14 @@ def test_ai_sdk_generate_text_with_a_client_tool(js: Any, upstream: Upstream) ->
     assert r["text"] == "Sunny in Oslo." and r["finishReason"] == "stop" and r["calls"] == [{"city": "Oslo"}]
     assert [s["finishReason"] for s in r["steps"]] == ["tool-calls", "stop"]
     assert r["steps"][0]["toolCalls"] == [{"toolName": "get_weather", "input": {"city": "Oslo"}}]
-    sent = upstream.requests[-1]["messages"]
+    asked = upstream.requests_for(prompt)
+    sent = asked[-1]["messages"]
     assert_valid_conversation(sent)
     assert [m["role"] for m in sent] == ["user", "assistant", "tool", "tool"]
-    assert len(upstream.requests) == 2
+    assert len(asked) == 2
 
 
-def test_ai_sdk_stream_text_with_a_client_tool(js: Any, upstream: Upstream) -> None:
+def test_ai_sdk_stream_text_with_a_client_tool(js: Any, upstream: Upstream, prompt: str) -> None:
     """Streamed with tools: the internal call arrives as reasoning (reasoning-delta parts), the client's
     call is run by the SDK, and the second step streams the answer."""
     upstream.script(
@@ -468,7 +471,7 @@ def test_ai_sdk_stream_text_with_a_client_tool(js: Any, upstream: Upstream) -> N
     ]
     assert [p["finishReason"] for p in parts if p["type"] == "finish-step"] == ["tool-calls", "stop"]
     assert not [p for p in parts if p["type"] in ("error", "tool-error")]
-    assert_valid_conversation(upstream.requests[-1]["messages"])
+    assert_valid_conversation(upstream.requests_for(prompt)[-1]["messages"])
 
 
 # -- Open WebUI ----------------------------------------------------------------------------------------
@@ -667,7 +670,7 @@ DIALECTS = [
 
 @pytest.mark.parametrize(("quirks", "chunks"), DIALECTS)
 def test_openwebui_native_tools_from_every_upstream_dialect(
-    daemon: DaemonProc, upstream: Upstream, quirks: set[str], chunks: int
+    daemon: DaemonProc, upstream: Upstream, prompt: str, quirks: set[str], chunks: int
 ) -> None:
     """Open WebUI's native function calling (it declares its tools): whatever the provider's tool-call
     dialect (Gemini and Mistral send no index, Anthropic starts at 1, Ollama sends calls whole, LM Studio
@@ -689,7 +692,7 @@ def test_openwebui_native_tools_from_every_upstream_dialect(
     ui = OpenWebUIModel(tools={"get_weather": lambda city: json.dumps({"city": city, "sky": "sunny"})})
     body = {
         "model": "sorat-agent",
-        "messages": [{"role": "user", "content": "weather?"}],
+        "messages": user_says(prompt),
         "stream": True,
         "tools": [WEATHER],
     }
@@ -705,14 +708,17 @@ def test_openwebui_native_tools_from_every_upstream_dialect(
     reasoning = [b["content"] for b in ui.content_blocks if b["type"] == "reasoning"]
     assert reasoning == ["get_current_time {}\n"]
     assert ui.visible_text() == "Sunny in Oslo and Bergen."
-    sent = upstream.requests[-1]["messages"]
+    asked = upstream.requests_for(prompt)
+    sent = asked[-1]["messages"]
     assert_valid_conversation(sent)
     answers = [json.loads(m["content"]) for m in sent if m["role"] == "tool" and "city" in m["content"]]
     assert sorted(a["city"] for a in answers) == ["Bergen", "Oslo"]
-    assert len(upstream.requests) == 2
+    assert len(asked) == 2
 
 
-def test_openwebui_native_follow_up_keeps_the_internal_round(daemon: DaemonProc, upstream: Upstream) -> None:
+def test_openwebui_native_follow_up_keeps_the_internal_round(
+    daemon: DaemonProc, upstream: Upstream, prompt: str
+) -> None:
     """Open WebUI's follow-up after running its tool echoes the assistant turn through
     ``convert_content_blocks_to_messages(raw=True)``, so sorat's reasoning line comes back as the
     assistant's content: ``"<think>get_current_time {}\n</think>"``. sorat leaves leading ``<think>``
@@ -724,7 +730,7 @@ def test_openwebui_native_follow_up_keeps_the_internal_round(daemon: DaemonProc,
     ui = OpenWebUIModel(tools={"get_weather": lambda city: json.dumps({"city": city, "sky": "sunny"})})
     body = {
         "model": "x",
-        "messages": [{"role": "user", "content": "weather?"}],
+        "messages": user_says(prompt),
         "stream": True,
         "tools": [WEATHER],
     }
@@ -732,7 +738,7 @@ def test_openwebui_native_follow_up_keeps_the_internal_round(daemon: DaemonProc,
     assert ui.visible_text() == "Sunny in Oslo."
     echoed = ui.follow_up_messages()[0]
     assert echoed["content"] == "<think>get_current_time {}\n</think>"  # what Open WebUI sends back
-    sent = upstream.requests[-1]["messages"]
+    sent = upstream.requests_for(prompt)[-1]["messages"]
     assert_valid_conversation(sent)
     assert not any("<think>" in (m.get("content") or "") for m in sent if m["role"] == "assistant")
     assert [m["role"] for m in sent] == ["user", "assistant", "tool", "tool"]
@@ -740,23 +746,23 @@ def test_openwebui_native_follow_up_keeps_the_internal_round(daemon: DaemonProc,
 
 @pytest.mark.parametrize("headers", [{}, {"X-Sorat-Tool-Events": "reasoning"}], ids=["default", "header"])
 def test_openwebui_reasoning_mode_has_no_follow_up(
-    daemon: DaemonProc, upstream: Upstream, headers: dict[str, str]
+    daemon: DaemonProc, upstream: Upstream, headers: dict[str, str], prompt: str
 ) -> None:
     """With tool_events = "reasoning" (the default, or per request) Open WebUI shows the internal calls
     as a thinking block and makes no follow-up request."""
     upstream.script(*internal_round())
     ui = OpenWebUIModel()
-    ui.converse(daemon, {"model": "sorat-agent", "messages": USER, "stream": True}, **headers)
+    ui.converse(daemon, {"model": "sorat-agent", "messages": user_says(prompt), "stream": True}, **headers)
     assert ui.rounds == [[]]
     assert [
         b["content"].count("get_current_time {") for b in ui.content_blocks if b["type"] == "reasoning"
     ] == [3]
     assert ui.visible_text() == "It is noon."
-    assert len(upstream.requests) == 3
+    assert len(upstream.requests_for(prompt)) == 3
 
 
 def test_openwebui_default_mode_follow_up_after_internal_calls(
-    daemon: DaemonProc, upstream: Upstream
+    daemon: DaemonProc, upstream: Upstream, prompt: str
 ) -> None:
     """Open WebUI's default mode (it declares no tools) with tool_events = "tool_calls" (opted in):
     Open WebUI collects the internal calls from the stream and, as it does for any collected call,
@@ -768,10 +774,10 @@ def test_openwebui_default_mode_follow_up_after_internal_calls(
     upstream.strict = True
     upstream.script(*internal_round(), text("Second answer."))
     ui = OpenWebUIModel()
-    ui.converse(daemon, {"model": "sorat-agent", "messages": USER, "stream": True}, **TOOL_CALLS)
+    ui.converse(daemon, {"model": "sorat-agent", "messages": user_says(prompt), "stream": True}, **TOOL_CALLS)
     assert len(ui.rounds[0]) == 3  # the internal calls, as Open WebUI collected them
     assert ui.rounds[1:] == [[]] and ui.errors == []  # one follow-up, answered
-    assert len(upstream.requests) == 3 and upstream.pending == 1  # the follow-up called no model
-    for body in upstream.requests:
+    assert len(upstream.requests_for(prompt)) == 3 and upstream.pending == 1  # the follow-up called no model
+    for body in upstream.requests_for(prompt):
         assert_valid_conversation(body["messages"])
     assert ui.visible_text() == "It is noon.\nIt is noon."

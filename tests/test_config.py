@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -108,3 +111,25 @@ def test_write_template_only_once(tmp_path: Path) -> None:
     f.write_text("# mine\n")
     assert config.write_template(f) is False
     assert f.read_text() == "# mine\n"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
+def test_template_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    """config.toml may get an api_key: 0600 from the start, like the token, even under umask 000."""
+    f = tmp_path / "config.toml"
+    old = os.umask(0)
+    try:
+        assert config.write_template(f) is True
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(f.stat().st_mode) == 0o600
+    assert f.read_text(encoding="utf-8") == config.TEMPLATE
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
+def test_template_leaves_an_existing_file_and_its_mode(tmp_path: Path) -> None:
+    f = tmp_path / "config.toml"
+    f.write_text("# mine\n")
+    os.chmod(f, 0o640)
+    assert config.write_template(f) is False
+    assert stat.S_IMODE(f.stat().st_mode) == 0o640  # tightened when sorat writes it (configedit)

@@ -86,22 +86,46 @@ def test_empty_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
-def test_atomic_write_keeps_the_mode_and_leaves_no_temp_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("before", "after"), [(0o600, 0o600), (0o400, 0o400), (0o640, 0o600), (0o666, 0o600)]
+)
+def test_atomic_write_tightens_the_mode_and_leaves_no_temp_file(
+    tmp_path: Path, before: int, after: int
+) -> None:
+    """The file can hold an api_key: a mode letting others read it is tightened to 0600 (like the
+    token's); a stricter one the user chose stays."""
     path = tmp_path / "config.toml"
     path.write_text(USER_FILE)
-    os.chmod(path, 0o640)
+    os.chmod(path, before)
     inode = path.stat().st_ino
     set_active_model(path, "x")
-    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert stat.S_IMODE(path.stat().st_mode) == after
     assert path.stat().st_ino != inode  # replaced, not rewritten in place
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml"]
+    assert read_active_model(path) == "x"
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
 def test_new_file_is_private(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
-    set_active_model(path, "x")
+    old = os.umask(0)
+    try:
+        set_active_model(path, "x")
+    finally:
+        os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
+def test_symlinked_config_is_tightened_where_it_lies(tmp_path: Path) -> None:
+    real = tmp_path / "dotfiles" / "sorat.toml"
+    real.parent.mkdir()
+    real.write_text(USER_FILE)
+    os.chmod(real, 0o644)
+    link = tmp_path / "config.toml"
+    link.symlink_to(real)
+    set_active_model(link, "y")
+    assert link.is_symlink() and stat.S_IMODE(real.stat().st_mode) == 0o600
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="symlinks")

@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ALLOWED_ORIGIN, DaemonProc, sse
+from tests.conftest import ALLOWED_ORIGIN, DaemonProc, sse, user_says
 from tests.upstream import Upstream, error, html, stream_error, text, tool_calls
 
 USER = [{"role": "user", "content": "hi"}]
@@ -32,9 +32,11 @@ def assert_openai_error(r: httpx.Response, status: int, kind: str) -> dict[str, 
 # -- answers ------------------------------------------------------------------------------------------
 
 
-def test_whole_answer_through_the_sdk(daemon: DaemonProc, upstream: Upstream) -> None:
+def test_whole_answer_through_the_sdk(daemon: DaemonProc, upstream: Upstream, prompt: str) -> None:
     upstream.script(text("Hello there"))
-    r = daemon.openai().chat.completions.with_raw_response.create(model="sorat-agent", messages=USER)  # type: ignore[call-overload]
+    r = daemon.openai().chat.completions.with_raw_response.create(
+        model="sorat-agent", messages=user_says(prompt)
+    )  # type: ignore[call-overload]
     completion = r.parse()
     assert completion.object == "chat.completion" and completion.id.startswith("chatcmpl-")
     assert completion.choices[0].message.role == "assistant"
@@ -43,15 +45,18 @@ def test_whole_answer_through_the_sdk(daemon: DaemonProc, upstream: Upstream) ->
     assert completion.model == "gpt-4o"
     assert completion.usage is not None and completion.usage.total_tokens == 15
     assert r.headers["x-session-id"]
-    assert upstream.requests[0]["model"] == "gpt-4o"
-    assert upstream.headers[0]["authorization"] == "Bearer sk-upstream-secret"
+    assert upstream.requests_for(prompt)[0]["model"] == "gpt-4o"
+    assert upstream.headers_for(prompt)[0]["authorization"] == "Bearer sk-upstream-secret"
 
 
-def test_streamed_answer_through_the_sdk(daemon: DaemonProc, upstream: Upstream) -> None:
+def test_streamed_answer_through_the_sdk(daemon: DaemonProc, upstream: Upstream, prompt: str) -> None:
     upstream.script(text("Hello streaming world", chunks=4))
     chunks = list(
         daemon.openai().chat.completions.create(
-            model="sorat-agent", messages=USER, stream=True, stream_options={"include_usage": True}
+            model="sorat-agent",
+            messages=user_says(prompt),
+            stream=True,
+            stream_options={"include_usage": True},
         )
     )
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -59,18 +64,18 @@ def test_streamed_answer_through_the_sdk(daemon: DaemonProc, upstream: Upstream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello streaming world"
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 15
-    assert upstream.requests[0]["stream"] is True
+    assert upstream.requests_for(prompt)[0]["stream"] is True
 
 
-def test_stream_helper_accepts_a_tool_round(daemon: DaemonProc, upstream: Upstream) -> None:
+def test_stream_helper_accepts_a_tool_round(daemon: DaemonProc, upstream: Upstream, prompt: str) -> None:
     upstream.script(tool_calls([("get_current_time", {"timezone": "UTC"})]), text("It is noon."))
-    with daemon.openai().chat.completions.stream(model="sorat-agent", messages=USER) as stream:
+    with daemon.openai().chat.completions.stream(model="sorat-agent", messages=user_says(prompt)) as stream:
         for _ in stream:
             pass
         final = stream.get_final_completion()
     assert final.choices[0].message.content == "It is noon."
     assert final.choices[0].finish_reason == "stop"
-    second = upstream.requests[1]["messages"]
+    second = upstream.requests_for(prompt)[1]["messages"]
     assert second[-1]["role"] == "tool" and "UTC" in second[-1]["content"]
     assert second[-2]["tool_calls"][0]["function"]["name"] == "get_current_time"
 
@@ -108,7 +113,9 @@ def test_bad_tool_events_header(daemon: DaemonProc) -> None:
     assert_openai_error(r, 400, "invalid_request_error")
 
 
-def test_client_declared_tools_are_returned_and_continued(daemon: DaemonProc, upstream: Upstream) -> None:
+def test_client_declared_tools_are_returned_and_continued(
+    daemon: DaemonProc, upstream: Upstream, prompt: str
+) -> None:
     weather = {
         "type": "function",
         "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}},
@@ -116,7 +123,9 @@ def test_client_declared_tools_are_returned_and_continued(daemon: DaemonProc, up
     reply = tool_calls([("get_current_time", {}), ("get_weather", {"city": "Oslo"})])
     upstream.script(reply)
     client = daemon.openai()
-    r = client.chat.completions.with_raw_response.create(model="x", messages=USER, tools=[weather])  # type: ignore[call-overload]
+    r = client.chat.completions.with_raw_response.create(
+        model="x", messages=user_says(prompt), tools=[weather]
+    )  # type: ignore[call-overload]
     first = r.parse()
     sid = r.headers["x-session-id"]
     choice = first.choices[0]
@@ -125,7 +134,7 @@ def test_client_declared_tools_are_returned_and_continued(daemon: DaemonProc, up
     call = choice.message.tool_calls[0]
     upstream.script(text("Sunny in Oslo."))
     follow = [
-        *USER,
+        *user_says(prompt),
         {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
         {"role": "tool", "tool_call_id": call.id, "content": '{"sky": "sunny"}'},
     ]
@@ -133,7 +142,7 @@ def test_client_declared_tools_are_returned_and_continued(daemon: DaemonProc, up
         model="x", messages=follow, tools=[weather], extra_headers={"X-Session-ID": sid}
     )
     assert second.choices[0].message.content == "Sunny in Oslo."
-    sent = upstream.requests[-1]["messages"]
+    sent = upstream.requests_for(prompt)[-1]["messages"]
     roles = [m["role"] for m in sent]
     assert roles == ["user", "assistant", "tool", "tool"]  # both calls answered once: internal + the client's
     assert sent[-1]["content"] == '{"sky": "sunny"}'
@@ -195,7 +204,7 @@ def test_quirky_upstreams_become_the_standard_stream(
 @pytest.mark.parametrize(
     "quirks", [{"whole_tool_calls"}, {"no_index"}, {"index_from_1", "empty_name"}, {"thought_signature"}]
 )
-def test_quirky_tool_calls_run(daemon: DaemonProc, upstream: Upstream, quirks: set[str]) -> None:
+def test_quirky_tool_calls_run(daemon: DaemonProc, upstream: Upstream, prompt: str, quirks: set[str]) -> None:
     upstream.script(
         tool_calls(
             [("get_current_time", {"timezone": "UTC"}), ("get_current_time", {})],
@@ -204,12 +213,13 @@ def test_quirky_tool_calls_run(daemon: DaemonProc, upstream: Upstream, quirks: s
         ),
         text("ok"),
     )
-    r = post(daemon, {"messages": USER, "stream": True})
+    r = post(daemon, {"messages": user_says(prompt), "stream": True})
     assert sse(r.text)[-1] == "[DONE]"
-    results = [m for m in upstream.requests[1]["messages"] if m["role"] == "tool"]
+    second = upstream.requests_for(prompt)[1]["messages"]
+    results = [m for m in second if m["role"] == "tool"]
     assert len(results) == 2 and all("error" not in json.loads(m["content"]) for m in results)
     if "thought_signature" in quirks:
-        sent = upstream.requests[1]["messages"][-3]["tool_calls"][0]
+        sent = second[-3]["tool_calls"][0]
         assert sent["extra_content"]["google"]["thought_signature"]
 
 
@@ -220,9 +230,9 @@ def test_quirky_tool_calls_run(daemon: DaemonProc, upstream: Upstream, quirks: s
     ("asked", "ran"),
     [("sorat-agent", "gpt-4o"), ("default", "gpt-4o"), ("nope", "gpt-4o"), ("gpt-4o-mini", "gpt-4o-mini")],
 )
-def test_model_routing(daemon: DaemonProc, upstream: Upstream, asked: str, ran: str) -> None:
-    body = post(daemon, {"model": asked, "messages": USER}).json()
-    assert body["model"] == ran and upstream.requests[-1]["model"] == ran
+def test_model_routing(daemon: DaemonProc, upstream: Upstream, prompt: str, asked: str, ran: str) -> None:
+    body = post(daemon, {"model": asked, "messages": user_says(prompt)}).json()
+    assert body["model"] == ran and upstream.requests_for(prompt)[-1]["model"] == ran
 
 
 def test_models_list(daemon: DaemonProc) -> None:
@@ -232,11 +242,11 @@ def test_models_list(daemon: DaemonProc) -> None:
     assert models.data[0].owned_by == "scripted"
 
 
-def test_parameters_pass_through(daemon: DaemonProc, upstream: Upstream) -> None:
+def test_parameters_pass_through(daemon: DaemonProc, upstream: Upstream, prompt: str) -> None:
     post(
         daemon,
         {
-            "messages": USER,
+            "messages": user_says(prompt),
             "temperature": 0.3,
             "top_p": 0.9,
             "max_tokens": 77,
@@ -247,7 +257,7 @@ def test_parameters_pass_through(daemon: DaemonProc, upstream: Upstream) -> None
             "some_unknown_field": {"x": 1},
         },
     )
-    sent = upstream.requests[-1]
+    sent = upstream.requests_for(prompt)[-1]
     assert (
         sent["temperature"],
         sent["top_p"],
@@ -310,15 +320,17 @@ def test_foreign_origin_refused(daemon: DaemonProc, origin: str) -> None:
     assert "access-control-allow-origin" not in r.headers
 
 
-def test_text_plain_form_post_from_a_page_refused(daemon: DaemonProc, upstream: Upstream) -> None:
-    body = json.dumps({"messages": USER})
+def test_text_plain_form_post_from_a_page_refused(
+    daemon: DaemonProc, upstream: Upstream, prompt: str
+) -> None:
+    body = json.dumps({"messages": user_says(prompt)})
     r = httpx.post(
         daemon.url + "/v1/chat/completions",
         content=body,
         headers={"Content-Type": "text/plain", "Origin": "https://evil.example"},
     )
     assert_openai_error(r, 403, "permission_error")
-    assert upstream.requests == []
+    assert upstream.requests_for(prompt) == []
 
 
 def test_allowed_origin_gets_cors_and_preflight(daemon: DaemonProc) -> None:
@@ -351,12 +363,13 @@ def test_duplicate_authorization_refused(daemon: DaemonProc) -> None:
     assert_openai_error(r, 401, "authentication_error")
 
 
-def test_oversized_body(daemon: DaemonProc, upstream: Upstream) -> None:
-    big = b'{"messages": [{"role": "user", "content": "' + b"x" * (16 * 1024 * 1024 + 10) + b'"}]}'
+def test_oversized_body(daemon: DaemonProc, upstream: Upstream, prompt: str) -> None:
+    big = b'{"messages": [{"role": "user", "content": "' + prompt.encode() + b"x" * (16 * 1024 * 1024 + 10)
+    big += b'"}]}'
     with daemon.client() as c:
         r = c.post("/v1/chat/completions", content=big, headers={"Content-Type": "application/json"})
     assert_openai_error(r, 413, "invalid_request_error")
-    assert upstream.requests == []
+    assert upstream.requests_for(prompt) == []
 
 
 @pytest.mark.parametrize(
@@ -380,6 +393,8 @@ def test_malformed_requests(daemon: DaemonProc, upstream: Upstream, body: bytes,
     err = assert_openai_error(r, 400, "invalid_request_error")
     if param:
         assert (err["param"] or "").startswith(param)
+    # Most of these bodies have no user text to mark, so all requests: only titles come late, and they
+    # are kept apart (title_requests).
     assert upstream.requests == []
 
 
@@ -393,11 +408,11 @@ def test_unknown_route_and_method_are_openai_errors(daemon: DaemonProc) -> None:
 # -- upstream faults -----------------------------------------------------------------------------------
 
 
-def test_upstream_500_is_retried(daemon: DaemonProc, upstream: Upstream) -> None:
+def test_upstream_500_is_retried(daemon: DaemonProc, upstream: Upstream, prompt: str) -> None:
     upstream.script(error(500, "hiccup"), text("recovered"))
-    body = post(daemon, {"messages": USER}).json()
+    body = post(daemon, {"messages": user_says(prompt)}).json()
     assert body["choices"][0]["message"]["content"] == "recovered"
-    assert len(upstream.requests) == 2
+    assert len(upstream.requests_for(prompt)) == 2
 
 
 def test_upstream_429_retry_after_is_honoured(daemon: DaemonProc, upstream: Upstream) -> None:

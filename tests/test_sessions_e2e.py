@@ -143,7 +143,7 @@ def test_kill_9_mid_stream_keeps_earlier_turns_and_continues(
     upstream.reset()
     r, again = chat(d, [user("after the crash")], sid)
     assert again == sid and answer_of(r) == "ok"
-    sent = roles_and_contents(upstream.requests[-1]["messages"])
+    sent = roles_and_contents(upstream.requests_for("after the crash")[-1]["messages"])
     assert sent[:5] == said[:5] and sent[-1] == ("user", "after the crash")
     assert get(d, sid)["message_count"] == len(said) + 2
 
@@ -176,7 +176,7 @@ def test_torn_last_line_is_skipped_then_repaired(fresh: Callable[[], DaemonProc]
     assert [row["message_count"] for row in listing(d) if row["id"] == sid] == [2]
     r, again = chat(d, [user("after the tear")], sid)
     assert again == sid
-    assert roles_and_contents(upstream.requests[-1]["messages"]) == [
+    assert roles_and_contents(upstream.requests_for("after the tear")[-1]["messages"]) == [
         ("user", "before the tear"),
         ("assistant", "ok"),
         ("user", "after the tear"),
@@ -200,7 +200,7 @@ async def test_32_concurrent_requests_on_one_session_are_serialized(
     async with httpx.AsyncClient(base_url=daemon.url, headers=daemon.headers(), timeout=30) as c:
 
         async def one(i: int) -> httpx.Response:
-            body = {"messages": [user(f"message {i}")]}
+            body = {"messages": [user(f"{sid} message {i}")]}
             return await c.post("/v1/chat/completions", json=body, headers={"X-Session-ID": sid})
 
         responses = await asyncio.gather(*(one(i) for i in range(n)))
@@ -212,11 +212,12 @@ async def test_32_concurrent_requests_on_one_session_are_serialized(
     said = roles_and_contents(session["messages"])
     assert said[1::2] == [("assistant", "ok")] * n  # strictly alternating: no turn interleaved with another
     users = [content for role, content in said[0::2]]
-    assert sorted(users) == sorted(f"message {i}" for i in range(n))  # each once
+    assert sorted(users) == sorted(f"{sid} message {i}" for i in range(n))  # each once
     # Each request saw every earlier turn whole: the model got 1, 3, 5, … 63 messages.
-    sizes = sorted(len(roles_and_contents(req["messages"])) for req in upstream.requests)
+    asked = upstream.requests_for(sid)
+    sizes = sorted(len(roles_and_contents(req["messages"])) for req in asked)
     assert sizes == [2 * i + 1 for i in range(n)]
-    longest = max(upstream.requests, key=lambda req: len(req["messages"]))
+    longest = max(asked, key=lambda req: len(req["messages"]))
     assert roles_and_contents(longest["messages"]) == said[:-1]
 
 
@@ -257,7 +258,8 @@ def test_edit_and_regenerate_supersede_and_are_never_sent_again(
     daemon: DaemonProc, upstream: Upstream
 ) -> None:
     upstream.script(text("answer one"), text("answer two"))
-    q1, a1, q2, a2 = user("q1"), assistant("answer one"), user("q2"), assistant("answer two")
+    first = "q1, of the edited conversation"  # its requests: every one repeats the first question
+    q1, a1, q2, a2 = user(first), assistant("answer one"), user("q2"), assistant("answer two")
     _, sid = chat(daemon, [q1])
     chat(daemon, [q1, a1, q2], sid)
 
@@ -265,27 +267,29 @@ def test_edit_and_regenerate_supersede_and_are_never_sent_again(
     upstream.script(text("answer to the edit"))
     q2e = user("q2, edited")
     chat(daemon, [q1, a1, q2e], sid)
-    assert roles_and_contents(upstream.requests[-1]["messages"]) == roles_and_contents([q1, a1, q2e])
+    assert roles_and_contents(upstream.requests_for(first)[-1]["messages"]) == roles_and_contents(
+        [q1, a1, q2e]
+    )
 
     # A regenerate: the last answer sent back again, the client's version differing from the stored one.
     upstream.script(text("answer three"))
     mine, q3 = assistant("the client's own answer"), user("q3")
     chat(daemon, [q1, a1, q2e, mine, q3], sid)
-    assert roles_and_contents(upstream.requests[-1]["messages"]) == roles_and_contents(
+    assert roles_and_contents(upstream.requests_for(first)[-1]["messages"]) == roles_and_contents(
         [q1, a1, q2e, mine, q3]
     )
 
     # A plain regenerate (the last answer dropped, the same question again).
     upstream.script(text("answer three, regenerated"))
     chat(daemon, [q1, a1, q2e, mine, q3], sid)
-    regenerated = roles_and_contents(upstream.requests[-1]["messages"])
+    regenerated = roles_and_contents(upstream.requests_for(first)[-1]["messages"])
     assert regenerated == roles_and_contents([q1, a1, q2e, mine, q3])
 
     upstream.script(text("answer four"))
     chat(daemon, [user("q4")], sid)
     final = [q1, a1, q2e, mine, q3, assistant("answer three, regenerated"), user("q4")]
-    assert roles_and_contents(upstream.requests[-1]["messages"]) == roles_and_contents(final)
-    after_edit = [m for req in upstream.requests[2:] for m in req["messages"]]
+    assert roles_and_contents(upstream.requests_for(first)[-1]["messages"]) == roles_and_contents(final)
+    after_edit = [m for req in upstream.requests_for(first)[2:] for m in req["messages"]]
     for gone in ("q2", "answer two", "answer to the edit", "answer three"):
         assert all(m.get("content") != gone for m in after_edit), gone
 
@@ -319,7 +323,8 @@ def test_stateless_client_resending_everything_stays_in_one_session(
         history.append(user(question))
         r, sid = chat(daemon, history)
         sids.add(sid)
-        assert roles_and_contents(upstream.requests[-1]["messages"]) == roles_and_contents(history)
+        sent = upstream.requests_for(question)[-1]["messages"]
+        assert roles_and_contents(sent) == roles_and_contents(history)
         history.append(assistant(answer_of(r)))
     assert len(sids) == 1
     session = get(daemon, sids.pop())
@@ -337,7 +342,7 @@ def test_stateful_client_gets_the_stored_conversation_with_internal_tools(
     assert answer_of(r) == "It is noon."
     upstream.script(text("Tomorrow at noon it will be noon."))
     chat(daemon, [user("and tomorrow?")], sid)
-    sent = [m for m in upstream.requests[-1]["messages"] if m["role"] != "system"]
+    sent = [m for m in upstream.requests_for("and tomorrow?")[-1]["messages"] if m["role"] != "system"]
     assert [m["role"] for m in sent] == ["user", "assistant", "tool", "assistant", "user"]
     call = sent[1]["tool_calls"][0]
     assert call["function"]["name"] == "get_current_time" and sent[2]["tool_call_id"] == call["id"]
@@ -357,14 +362,20 @@ def test_stateful_client_gets_the_stored_conversation_with_internal_tools(
 LONG = "Please help me plan a three week trip through Japan, Korea and Taiwan in spring"
 
 
+def long_question(tag: str) -> str:
+    """LONG, marked past the 60 characters a fallback title keeps: a question only one test asks."""
+    return f"{LONG} ({tag})"
+
+
 def test_title_fallback_while_answering_then_generated(daemon: DaemonProc, upstream: Upstream) -> None:
+    question = long_question("fallback, then generated")
     upstream.script(text("Sure, here is a plan.", chunks=4, chunk_delay=0.2))
     with (
         daemon.client() as c,
         c.stream(
             "POST",
             "/v1/chat/completions",
-            json={"messages": [user(LONG)], "stream": True, "stream_options": {"include_usage": True}},
+            json={"messages": [user(question)], "stream": True, "stream_options": {"include_usage": True}},
         ) as r,
     ):
         sid = r.headers["x-session-id"]
@@ -375,21 +386,21 @@ def test_title_fallback_while_answering_then_generated(daemon: DaemonProc, upstr
     assert events[-1]["usage"]["total_tokens"] == 15  # one model call; the title is not counted
     assert eventually(lambda: get(daemon, sid)["title"] == "A Scripted Title")
     assert [row["title"] for row in listing(daemon) if row["id"] == sid] == ["A Scripted Title"]
-    # the title request of this session: another test's may still arrive after it
-    (asked,) = [t for t in upstream.title_requests if LONG in json.dumps(t["messages"])]
-    assert "tools" not in asked
+    asked = upstream.title_requests_for(question)[-1]
+    assert "tools" not in asked and question in json.dumps(asked["messages"])
 
 
 def test_whole_answer_usage_leaves_the_title_out(daemon: DaemonProc, upstream: Upstream) -> None:
     r, sid = chat(daemon, [user("count my tokens")])
     assert r.json()["usage"]["total_tokens"] == 15
     assert eventually(lambda: get(daemon, sid)["title"] == "A Scripted Title")
-    assert len(upstream.title_requests) == 1 and len(upstream.requests) == 1
+    asked, titles = upstream.requests_for("count my tokens"), upstream.title_requests_for("count my tokens")
+    assert len(titles) == 1 and len(asked) == 1
 
 
 def test_title_failure_keeps_the_fallback(daemon: DaemonProc, upstream: Upstream) -> None:
     upstream.title_reply = '""'  # nothing usable: quotes around nothing
-    _, sid = chat(daemon, [user(LONG)])
+    _, sid = chat(daemon, [user(long_question("no usable title"))])
     log = daemon.home / "logs" / "sorat.log"
     assert eventually(lambda: f"no usable title for session {sid}" in log.read_text(errors="replace"))
     assert get(daemon, sid)["title"] == LONG[:60]
@@ -398,9 +409,10 @@ def test_title_failure_keeps_the_fallback(daemon: DaemonProc, upstream: Upstream
 
 def test_client_disconnecting_mid_stream_still_gets_a_title(daemon: DaemonProc, upstream: Upstream) -> None:
     upstream.script(text("a b c d e f g h i j", chunks=10, chunk_delay=0.3))
+    question = long_question("its client left")
     with (
         daemon.client() as c,
-        c.stream("POST", "/v1/chat/completions", json={"messages": [user(LONG)], "stream": True}) as r,
+        c.stream("POST", "/v1/chat/completions", json={"messages": [user(question)], "stream": True}) as r,
     ):
         sid = r.headers["x-session-id"]
         for line in r.iter_lines():
@@ -412,7 +424,9 @@ def test_client_disconnecting_mid_stream_still_gets_a_title(daemon: DaemonProc, 
     )  # the turn ends when the upstream call does
     said = get(daemon, sid)["messages"]
     assert (
-        said[0]["content"] == LONG and said[1]["role"] == "assistant" and said[1]["content"].startswith("a")
+        said[0]["content"] == question
+        and said[1]["role"] == "assistant"
+        and said[1]["content"].startswith("a")
     )
     assert eventually(lambda: get(daemon, sid)["title"] == "A Scripted Title", 3), get(daemon, sid)
 
@@ -422,11 +436,11 @@ def test_client_disconnecting_mid_stream_still_gets_a_title(daemon: DaemonProc, 
 
 def test_ids_differing_in_case_are_one_session(daemon: DaemonProc, upstream: Upstream) -> None:
     sid = "Case-Mixed." + str(time.monotonic_ns())
-    chat(daemon, [user("upper")], sid)
-    _, echoed = chat(daemon, [user("lower")], sid.lower())
+    chat(daemon, [user("in upper case")], sid)
+    _, echoed = chat(daemon, [user("in lower case")], sid.lower())
     assert echoed.lower() == sid.lower()
-    assert roles_and_contents(upstream.requests[-1]["messages"])[:2] == [
-        ("user", "upper"),
+    assert roles_and_contents(upstream.requests_for("in lower case")[-1]["messages"])[:2] == [
+        ("user", "in upper case"),
         ("assistant", "ok"),
     ]
     for spelled in (sid, sid.lower(), sid.upper()):
@@ -478,15 +492,15 @@ def planted(daemon: DaemonProc) -> Iterator[dict[Path, bytes]]:
 
 @pytest.mark.parametrize("bad", BAD_IDS)
 def test_bad_session_id_header_is_400(
-    daemon: DaemonProc, upstream: Upstream, planted: dict[Path, bytes], bad: str
+    daemon: DaemonProc, upstream: Upstream, planted: dict[Path, bytes], bad: str, prompt: str
 ) -> None:
     before, sessions = tree(daemon.home), listing(daemon)
     with daemon.client() as c:
-        r = c.post("/v1/chat/completions", json={"messages": [user("hi")]}, headers={"X-Session-ID": bad})
+        r = c.post("/v1/chat/completions", json={"messages": [user(prompt)]}, headers={"X-Session-ID": bad})
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert set(err) == {"message", "type", "param", "code"} and err["type"] == "invalid_request_error"
-    assert "x-session-id" not in r.headers and upstream.requests == []
+    assert "x-session-id" not in r.headers and upstream.requests_for(prompt) == []
     assert tree(daemon.home) == before and listing(daemon) == sessions
     assert all(path.read_bytes() == data for path, data in planted.items())
 

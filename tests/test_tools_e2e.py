@@ -3,6 +3,7 @@ back (the tool results in the upstream's next request), what lands on disk, and 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import secrets
@@ -17,10 +18,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import DaemonProc, clean_env, process_alive, write_config
-from tests.upstream import Reply, Upstream, text, tool_calls
+from tests.conftest import DaemonProc, clean_env, process_alive, user_says, write_config
+from tests.upstream import Reply, Upstream, mentions, text, tool_calls
 
 USER = [{"role": "user", "content": "do things"}]
+_ASKED = itertools.count(1)
 ENV_KEY = "sk-env-" + secrets.token_hex(12)  # OPENAI_API_KEY in the daemon's environment
 CFG_KEY = "sk-cfg-" + secrets.token_hex(12)  # a configured provider's api_key_env value
 # An LC_ name passes the tool environment's locale allowlist: only the provider-key filter stops it.
@@ -57,9 +59,16 @@ def start(home: Path, upstream: Upstream, tools_toml: str | None = None, agent: 
     return DaemonProc(home, make_home(home, upstream, tools_toml, agent)).start()
 
 
-def chat(d: DaemonProc, **body: Any) -> httpx.Response:
+def chat(d: DaemonProc, say: str | None = None, **body: Any) -> httpx.Response:
+    """``say``: the user's text, when the test reads the requests back (``upstream.requests_for(say)``)."""
+    messages = user_says(say) if say is not None else USER
     with d.client() as c:
-        return c.post("/v1/chat/completions", json={"messages": USER, **body})
+        return c.post("/v1/chat/completions", json={"messages": messages, **body})
+
+
+def fresh(what: str) -> str:
+    """A user text no other request of the module says: the shared upstream also hears other tests."""
+    return f"{what} (#{next(_ASKED)})"
 
 
 def results_of(request: dict[str, Any], reply: Reply) -> list[str]:
@@ -72,12 +81,12 @@ def run_tools(d: DaemonProc, upstream: Upstream, calls: list[tuple[str, Any]]) -
     """One round of tool calls then a text answer; the results the model got back."""
     reply = tool_calls(calls)
     upstream.script(reply, text("done"))
-    before = len(upstream.requests)
-    r = chat(d)
+    ask = fresh("do things")
+    r = chat(d, ask)
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["message"]["content"] == "done"
-    assert len(upstream.requests) == before + 2
-    return results_of(upstream.requests[-1], reply)
+    assert len(upstream.requests_for(ask)) == 2
+    return results_of(upstream.answering(reply), reply)
 
 
 def error_of(result: str) -> str:
@@ -88,9 +97,10 @@ def error_of(result: str) -> str:
 
 def offered(d: DaemonProc, upstream: Upstream, **body: Any) -> list[str]:
     """The tool names the model is offered on a new request (``body``: more of the request)."""
-    r = chat(d, **body)
+    ask = fresh("which tools?")
+    r = chat(d, ask, **body)
     assert r.status_code == 200, r.text
-    return [t["function"]["name"] for t in upstream.requests[-1].get("tools") or []]
+    return [t["function"]["name"] for t in upstream.requests_for(ask)[0].get("tools") or []]
 
 
 WEATHER = {
@@ -338,10 +348,10 @@ def test_tools_toml_hot_reload(home: Path, upstream: Upstream) -> None:
         slow = tool_calls([("run_command", {"command": "pwd"})], delay=2.0)
         upstream.script(slow)  # its next call, and the probes below, get the default "ok"
         running: list[httpx.Response] = []
-        first = len(upstream.requests)
-        inflight = threading.Thread(target=lambda: running.append(chat(d)))
+        ask = fresh("a slow question")
+        inflight = threading.Thread(target=lambda: running.append(chat(d, ask)))
         inflight.start()
-        poll(lambda: len(upstream.requests) > first, 5, "the slow request reaches the model")
+        poll(lambda: bool(upstream.requests_for(ask)), 5, "the slow request reaches the model")
 
         # A save through a temp file renamed over tools.toml, as many editors do.
         tmp = home / ".tools.toml.swp"
@@ -350,14 +360,14 @@ def test_tools_toml_hot_reload(home: Path, upstream: Upstream) -> None:
         os.replace(tmp, file)
         poll(lambda: "run_command" not in offered(d, upstream), 2, "run_command withdrawn")
         assert time.monotonic() - saved < 2.5
-        withdrawn_at = len(upstream.requests)
+        withdrawn_at = len(upstream.requests)  # requests come in order: a later one has a higher index
 
         inflight.join(15)
         assert running and running[0].status_code == 200, running
         later = [
             (i, r)
             for i, r in enumerate(upstream.requests)
-            if any(m.get("role") == "tool" for m in r["messages"])
+            if mentions(r, ask) and any(m.get("role") == "tool" for m in r["messages"])
         ]
         assert len(later) == 1 and later[0][0] >= withdrawn_at, "the slow call ran after the withdrawal"
         (result,) = results_of(later[0][1], slow)
@@ -393,21 +403,25 @@ def test_tools_toml_hot_reload(home: Path, upstream: Upstream) -> None:
         d.stop()
 
 
-def test_a_client_leaving_kills_the_running_command(home: Path, upstream: Upstream) -> None:
+def test_a_client_leaving_kills_the_running_command(home: Path, upstream: Upstream, prompt: str) -> None:
     d = start(home, upstream, '[run_command]\nmode = "unrestricted"\n')
     marker = f"{secrets.randbelow(10**6) + 100}.{secrets.randbelow(10**6):06d}"
     upstream.script(tool_calls([("run_command", {"command": f"sh -c 'sleep {marker} & sleep {marker}'"})]))
     try:
         with (
             d.client() as c,
-            c.stream("POST", "/v1/chat/completions", json={"messages": USER, "stream": True}) as r,
+            c.stream(
+                "POST",
+                "/v1/chat/completions",
+                json={"messages": user_says(prompt), "stream": True},
+            ) as r,
         ):
             assert r.status_code == 200
             poll(lambda: len(procs_with_arg(marker)) == 2, 5, "the command runs")
         # The client is gone (connection closed) while the command still had 60 s to go.
         poll(lambda: not procs_with_arg(marker), 5, f"sleep {marker} still runs: {procs_with_arg(marker)}")
         upstream.wait_for(lambda: upstream.pending == 0)
-        assert len(upstream.requests) == 1  # the cancelled run asked the model nothing more
+        assert len(upstream.requests_for(prompt)) == 1  # the cancelled run asked the model nothing more
     finally:
         d.stop()
 
@@ -486,19 +500,19 @@ BAD_ERRORS = [
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_bad_arguments_give_the_model_errors(
-    allowlisted: DaemonProc, upstream: Upstream, stream: bool
+    allowlisted: DaemonProc, upstream: Upstream, prompt: str, stream: bool
 ) -> None:
     reply = tool_calls(BAD_CALLS)
     upstream.script(reply, text("sorry"))
-    r = chat(allowlisted, stream=stream)
+    r = chat(allowlisted, prompt, stream=stream)
     assert r.status_code == 200, r.text
     if stream:
         assert r.text.rstrip().endswith("data: [DONE]") and '"error"' not in r.text.split("data: ")[-2]
         assert "sorry" in r.text
     else:
         assert r.json()["choices"][0]["message"]["content"] == "sorry"
-    assert len(upstream.requests) == 2
-    for expected, result in zip(BAD_ERRORS, results_of(upstream.requests[-1], reply), strict=True):
+    assert len(upstream.requests_for(prompt)) == 2
+    for expected, result in zip(BAD_ERRORS, results_of(upstream.answering(reply), reply), strict=True):
         assert expected in error_of(result), (expected, result)
     assert not (allowlisted.home / "workspace" / "a.txt").exists()
 
@@ -519,12 +533,13 @@ def test_a_run_command_round_streams_as_reasoning_by_default(
     tool call a client would try to run; the text after the tool round follows a blank line."""
     reply = tool_calls([("run_command", {"command": "pwd"})], content="Let me look.")
     upstream.script(reply, text("You are in the workspace.", chunks=3))
-    chunks, deltas = stream_deltas(chat(allowlisted, stream=True))
+    ask = fresh("where am I?")
+    chunks, deltas = stream_deltas(chat(allowlisted, ask, stream=True))
     assert not [d for d in deltas if "tool_calls" in d]
     assert "".join(d.get("reasoning_content") or "" for d in deltas) == 'run_command {"command":"pwd"}\n'
     assert "".join(d.get("content") or "" for d in deltas) == "Let me look.\n\nYou are in the workspace."
     assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "stop"
-    (result,) = results_of(upstream.requests[-1], reply)
+    (result,) = results_of(upstream.requests_for(ask)[-1], reply)
     assert json.loads(result)["stdout"].strip().endswith("workspace")
 
 
@@ -564,5 +579,5 @@ def test_a_run_command_round_streams(allowlisted: DaemonProc, upstream: Upstream
     assert json.loads(calls[0]["function"]["arguments"]) == {"command": "pwd"}
     assert "".join(dl.get("content") or "" for dl in deltas) == "You are in the workspace."
     assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "stop"
-    (result,) = results_of(upstream.requests[-1], reply)
+    (result,) = results_of(upstream.answering(reply), reply)
     assert json.loads(result)["stdout"].strip().endswith("workspace")

@@ -78,6 +78,16 @@ Options of every builder
 Observing: ``requests``, ``title_requests``, ``headers`` (the chat requests' headers, lower-case keys),
 ``models_requests``, ``disconnects`` (responses the client left before their end), ``wait_for(pred)``
 (blocking, on a condition) and ``await until(pred)`` (the same from async code).
+
+Selecting: a module's tests share one Upstream (and often one daemon), and a session of an earlier test
+may still ask after ``reset()``: its title waits for a quiet moment. So a test never reads "the last
+request" or request N of ``requests``; it reads its own:
+    requests_for(marker), title_requests_for(marker), headers_for(marker)
+        the requests (their headers) with a user message containing ``marker``: a text only this test
+        sends (conftest's ``prompt`` fixture gives one). Every request of a conversation repeats its first
+        user message, and a title request quotes it, so the first question marks the whole conversation.
+    answering(reply)
+        the first chat request carrying the results of ``reply``'s tool calls (their ids are unique).
 """
 
 from __future__ import annotations
@@ -620,6 +630,29 @@ def forced_tool(body: dict[str, Any]) -> str | None:
     return None
 
 
+# --- selecting a test's own requests ----------------------------------------------------------------
+
+
+def user_texts(body: dict[str, Any]) -> list[str]:
+    """What the request's user messages say: string contents and the text of content parts."""
+    texts: list[str] = []
+    messages = body.get("messages")
+    for m in messages if isinstance(messages, list) else ():
+        if not isinstance(m, dict) or m.get("role") != "user":
+            continue
+        content = m.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts += [p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+    return texts
+
+
+def mentions(body: dict[str, Any], marker: str) -> bool:
+    """Whether one of the request's user messages contains ``marker``."""
+    return any(marker in said for said in user_texts(body))
+
+
 # --- the server --------------------------------------------------------------------------------------
 
 
@@ -659,8 +692,9 @@ class Upstream:
     def reset(self) -> None:
         """Forget the script and everything recorded; restore the defaults (models and api_key included)."""
         self._queue.clear()
-        for recorded in (self.requests, self.title_requests, self.headers):
-            recorded.clear()
+        with self._changed:
+            for recorded in (self.requests, self.title_requests, self.headers):
+                recorded.clear()
         self.models = ["gpt-4o", "gpt-4o-mini"]
         self.api_key = None
         self.default = text("ok")
@@ -708,6 +742,35 @@ class Upstream:
 
     async def until(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
         return await asyncio.to_thread(self.wait_for, predicate, timeout)
+
+    # selecting, from any thread (see the module docstring)
+
+    def requests_for(self, marker: str) -> list[dict[str, Any]]:
+        """The chat requests with a user message containing ``marker``, in the order they came."""
+        with self._changed:
+            return [body for body in self.requests if mentions(body, marker)]
+
+    def title_requests_for(self, marker: str) -> list[dict[str, Any]]:
+        """The title requests quoting a user message that contains ``marker``, in the order they came."""
+        with self._changed:
+            return [body for body in self.title_requests if mentions(body, marker)]
+
+    def headers_for(self, marker: str) -> list[dict[str, str]]:
+        """The headers of ``requests_for(marker)``, in the same order."""
+        with self._changed:
+            return [h for body, h in zip(self.requests, self.headers, strict=True) if mentions(body, marker)]
+
+    def answering(self, reply: Reply) -> dict[str, Any]:
+        """The first chat request carrying a result for each of ``reply``'s tool calls: the one that
+        brought the model what its calls returned."""
+        assert reply.calls, "answering() needs a reply with tool calls"
+        wanted = {call_id for call_id, _, _ in reply.calls}
+        with self._changed:
+            for body in self.requests:
+                answered = {m.get("tool_call_id") for m in body.get("messages") or () if isinstance(m, dict)}
+                if wanted <= answered:
+                    return body
+        raise AssertionError(f"no request carries the results of calls {sorted(wanted)}")
 
     # the server thread
 
@@ -787,11 +850,13 @@ class Upstream:
             and isinstance(content, str)
             and content.startswith("Generate a title")
         ):
-            self.title_requests.append(body)
+            with self._changed:
+                self.title_requests.append(body)
             reply = text(self.title_reply)
         else:
-            self.requests.append(body)
-            self.headers.append({k.lower(): v for k, v in request.headers.items()})
+            with self._changed:  # together: headers_for pairs them
+                self.requests.append(body)
+                self.headers.append({k.lower(): v for k, v in request.headers.items()})
             reply = self._next(body)
         self._notify()
         if denied:

@@ -1,6 +1,6 @@
 // The Vercel AI SDK (`ai` + @ai-sdk/openai-compatible) against sorat, unchanged:
-// `node ai_sdk.mjs SCENARIO` with SORAT_BASE_URL (…/v1) and SORAT_TOKEN in the environment
-// (SORAT_TOOL_EVENTS, if set, goes out as X-Sorat-Tool-Events; SORAT_PROMPT replaces the prompt "hi").
+// `node ai_sdk.mjs SCENARIO` with SORAT_BASE_URL (…/v1), SORAT_TOKEN and SORAT_PROMPT (the user's text)
+// in the environment (SORAT_TOOL_EVENTS, if set, goes out as X-Sorat-Tool-Events).
 // Prints one JSON object on stdout; tests/test_clients.py asserts on it.
 import { createOpenAICompatible } from "@ai-sdk/openai-compatible";
 import { generateText, stepCountIs, streamText, tool } from "ai";

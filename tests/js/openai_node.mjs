@@ -1,6 +1,6 @@
-// openai-node against sorat, unchanged: `node openai_node.mjs SCENARIO` with SORAT_BASE_URL (…/v1) and
-// SORAT_TOKEN in the environment (SORAT_TOOL_EVENTS, if set, goes out as X-Sorat-Tool-Events).
-// Prints one JSON object on stdout; tests/test_clients.py asserts on it.
+// openai-node against sorat, unchanged: `node openai_node.mjs SCENARIO` with SORAT_BASE_URL (…/v1),
+// SORAT_TOKEN and SORAT_PROMPT (the user's text) in the environment (SORAT_TOOL_EVENTS, if set, goes out
+// as X-Sorat-Tool-Events). Prints one JSON object on stdout; tests/test_clients.py asserts on it.
 import OpenAI from "openai";
 
 const toolEvents = process.env.SORAT_TOOL_EVENTS;
@@ -11,7 +11,8 @@ const client = new OpenAI({
   timeout: 20_000,
   defaultHeaders: toolEvents ? { "X-Sorat-Tool-Events": toolEvents } : {},
 });
-const messages = [{ role: "user", content: "hi" }];
+// the test's own text: it finds its requests on the shared scripted upstream by it
+const messages = [{ role: "user", content: process.env.SORAT_PROMPT ?? "hi" }];
 const weather = {
   type: "function",
   function: {
