@@ -116,7 +116,12 @@ async def run(
     """Run one request to its final answer, yielding events as they happen."""
     messages = list(conversation)
     if opts.system_prompt:
-        messages.insert(0, {"role": "system", "content": opts.system_prompt})
+        first = messages[0] if messages else {}
+        if first.get("role") in ("system", "developer") and isinstance(first.get("content"), str):
+            # one leading system message: many chat templates reject a second one
+            messages[0] = {**first, "content": f"{opts.system_prompt}\n\n{first['content']}"}
+        else:
+            messages.insert(0, {"role": "system", "content": opts.system_prompt})
     client_names = _client_names(opts.client_tools)
     internal_specs = [s for s in toolset.specs() if s["function"]["name"] not in client_names]
     tools = internal_specs + opts.client_tools

@@ -23,7 +23,7 @@ from sorat_daemon.errors import (
     RequestError,
     SoratError,
 )
-from sorat_daemon.http import admin
+from sorat_daemon.http import admin, conversations, responses
 from sorat_daemon.http.asgi import BODY_TIMEOUT, SETTLE_LIMIT, access
 from sorat_daemon.http.chat import ChatEndpoint
 from sorat_daemon.http.endpoint import Endpoint
@@ -66,7 +66,10 @@ def create_app(rt: Runtime) -> Quart:
     guard = make_guard(rt)
     pipeline = Pipeline(rt)
     endpoints: dict[str, Endpoint] = {}
-    for endpoint in (ChatEndpoint(guard, rt.activity, pipeline),):
+    for endpoint in (
+        ChatEndpoint(guard, rt.activity, pipeline),
+        responses.ResponsesEndpoint(guard, rt.activity, pipeline, rt),
+    ):
         endpoints[endpoint.path] = endpoint
     app.endpoints = endpoints  # type: ignore[attr-defined]
     quart_asgi = app.asgi_app
@@ -137,4 +140,6 @@ def create_app(rt: Runtime) -> Quart:
         return error_response(SoratError("Internal server error; see sorat's log"))
 
     admin.register(app, rt, json_response)
+    responses.register(app, rt, json_response)
+    conversations.register(app, rt, json_response)
     return app

@@ -1,0 +1,428 @@
+"""OpenAI Responses out: the agent's events as the Responses event stream, or one Response object; and a
+session's visible messages as Responses items. Pure: no I/O.
+
+What the clients hold a server to (CLIENTS.md): ``response.created`` first and one response id on every
+lifecycle event; ``sequence_number`` rising from 0; per item ``output_item.added`` before its content
+events and ``output_item.done`` keeping its identity; ``output_index`` counting items across every model
+round (a later round's text is a new message item); ``response.completed`` carrying the full ``output``
+and ``usage`` with all three totals and both detail objects; ``response.in_progress`` while tools run
+(Codex's idle timer ignores SSE comments). Internal tool calls are never ``function_call`` items: a
+client runs every one it gets.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from sorat_daemon import agent
+from sorat_daemon.errors import ContextWindowExceeded, SoratError
+from sorat_daemon.protocols.responses_in import ClientTool, fc_id
+from sorat_daemon.types import JSON, Message
+
+if TYPE_CHECKING:
+    from sorat_daemon.turn import Run
+
+SERVER_LABEL = "sorat"  # the server_label of internal tool calls shown as mcp_call items
+_ids = random.Random()  # item and response ids are labels, not secrets
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{_ids.getrandbits(96):024x}"
+
+
+def usage_of(u: JSON | None) -> JSON:
+    """Chat usage (summed over model calls) in Responses' shape, both detail objects always there."""
+    u = u or {}
+    inp, out = u.get("prompt_tokens") or 0, u.get("completion_tokens") or 0
+    cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    thought = (u.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
+    return {
+        "input_tokens": inp,
+        "input_tokens_details": {"cached_tokens": cached},
+        "output_tokens": out,
+        "output_tokens_details": {"reasoning_tokens": thought},
+        "total_tokens": u.get("total_tokens") or inp + out,
+    }
+
+
+def error_code(err: SoratError) -> str:
+    """``response.failed``'s code: Codex retries ``server_error`` and unknown codes, not the others."""
+    if isinstance(err, ContextWindowExceeded) or err.code == "context_length_exceeded":
+        return "context_length_exceeded"
+    if err.status == 429:
+        return "rate_limit_exceeded"
+    if err.status == 400:
+        return "invalid_prompt"
+    return "server_error"
+
+
+def text_part(text: str) -> JSON:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def call_item(call: JSON, tools: dict[str, ClientTool], status: str = "completed") -> JSON:
+    """A client's tool call (chat format) as the item it runs: ``function_call`` or ``custom_tool_call``."""
+    fn = call.get("function") or {}
+    flat, arguments, call_id = fn.get("name") or "", fn.get("arguments") or "", call.get("id") or ""
+    tool = tools.get(flat) or ClientTool("function", flat)
+    if tool.kind == "custom":
+        text: Any = arguments
+        try:
+            parsed = orjson.loads(arguments)
+        except orjson.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, dict) and isinstance(parsed.get("input"), str):
+            text = parsed["input"]
+        item = {"id": "ctc" + fc_id(call_id)[2:], "type": "custom_tool_call", "status": status}
+        item.update(call_id=call_id, name=tool.name, input=text)
+    else:
+        item = {"id": fc_id(call_id), "type": "function_call", "status": status}
+        item.update(call_id=call_id, name=tool.name, arguments=arguments)
+    if tool.namespace:
+        item["namespace"] = tool.namespace
+    return item
+
+
+@dataclass(slots=True)
+class Head:
+    """What every Response object of one request repeats."""
+
+    id: str
+    created_at: int
+    model: str
+    echo: JSON = field(default_factory=dict)  # the request's settings (responses_in.ResponsesRequest.echo)
+    previous_response_id: str | None = None
+    conversation: str | None = None
+    store: bool = True
+
+
+def _base(h: Head) -> JSON:
+    e = h.echo
+    base: JSON = {
+        "id": h.id,
+        "object": "response",
+        "created_at": h.created_at,
+        "status": "in_progress",
+        "background": False,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": e.get("instructions"),
+        "max_output_tokens": e.get("max_output_tokens"),
+        "metadata": e.get("metadata") or {},
+        "model": h.model,
+        "output": [],
+        "parallel_tool_calls": e.get("parallel_tool_calls", True),
+        "previous_response_id": h.previous_response_id,
+        "reasoning": e.get("reasoning") or {"effort": None, "summary": None},
+        "store": h.store,
+        "temperature": e.get("temperature", 1.0),
+        "text": e.get("text") or {"format": {"type": "text"}},
+        "tool_choice": e.get("tool_choice", "auto"),
+        "tools": e.get("tools") or [],
+        "top_p": e.get("top_p", 1.0),
+        "truncation": e.get("truncation", "disabled"),
+        "usage": None,
+        "user": e.get("user"),
+    }
+    if h.conversation:
+        base["conversation"] = {"id": h.conversation}
+    return base
+
+
+@dataclass(slots=True)
+class _Open:
+    """The text or reasoning item being streamed."""
+
+    kind: str  # message | reasoning
+    index: int
+    id: str
+    round: int
+    pieces: list[str] = field(default_factory=list)
+    delta_head: bytes = b""  # its delta frames up to the sequence number, encoded once
+
+
+_IN_PROGRESS = (
+    b'event: response.in_progress\ndata: {"type":"response.in_progress","sequence_number":%d,"response":'
+)
+_DELTA = {
+    "message": (b"response.output_text.delta", b',"content_index":0,"logprobs":[]'),
+    "reasoning": (b"response.reasoning_summary_text.delta", b',"summary_index":0'),
+}
+
+
+class ResponsesRenderer:
+    """One response, streamed (``begin``/``event``/``end``/``fail``/``close``) or whole (``whole``).
+    ``on_end`` gets the final Response object before its last frames go out: recorded there, its id
+    resolves for a client that sends the next request at once."""
+
+    def __init__(
+        self,
+        head: Head,
+        mode: str,
+        tools: dict[str, ClientTool],
+        on_end: Callable[[JSON], None] | None = None,
+    ) -> None:
+        self._head = head
+        self._base = _base(head)
+        self._mode = mode
+        self._tools = tools
+        self._on_end = on_end
+        self._seq = 0
+        self._items: list[JSON] = []  # by output_index; an open item's entry is completed when it closes
+        self._open: _Open | None = None
+        self._mcp: dict[str, int] = {}  # internal call id → its mcp_call item's output_index
+        self._stream = True
+        self._in_progress: bytes = b""
+
+    # -- frames --------------------------------------------------------------------------------------
+
+    def _frame(self, kind: str, body: JSON) -> bytes:
+        if not self._stream:
+            return b""
+        body["type"] = kind
+        body["sequence_number"] = self._seq
+        self._seq += 1
+        return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(body) + b"\n\n"
+
+    def _lifecycle(self, kind: str, response: JSON) -> bytes:
+        return self._frame(kind, {"response": response})
+
+    def _added(self, item: JSON) -> bytes:
+        self._items.append(item)
+        return self._frame("response.output_item.added", {"output_index": len(self._items) - 1, "item": item})
+
+    def _done(self, index: int, item: JSON) -> bytes:
+        self._items[index] = item
+        return self._frame("response.output_item.done", {"output_index": index, "item": item})
+
+    # -- items ---------------------------------------------------------------------------------------
+
+    def _start(self, kind: str, round: int) -> bytes:
+        out = self._close()
+        index = len(self._items)
+        if kind == "message":
+            item_id = new_id("msg")
+            item: JSON = {"id": item_id, "type": "message", "status": "in_progress", "role": "assistant"}
+            item["content"] = []
+            out += self._added(item)
+            part = {"item_id": item_id, "output_index": index, "content_index": 0, "part": text_part("")}
+            out += self._frame("response.content_part.added", part)
+        else:
+            item_id = new_id("rs")
+            out += self._added({"id": item_id, "type": "reasoning", "summary": []})
+            part = {"item_id": item_id, "output_index": index, "summary_index": 0}
+            part["part"] = {"type": "summary_text", "text": ""}
+            out += self._frame("response.reasoning_summary_part.added", part)
+        name, tail = _DELTA[kind]
+        head = b'event: %s\ndata: {"type":"%s","item_id":"%s","output_index":%d%s,"sequence_number":' % (
+            name, name, item_id.encode(), index, tail,
+        )  # fmt: skip
+        self._open = _Open(kind, index, item_id, round, delta_head=head)
+        return out
+
+    def _delta(self, kind: str, text: str, round: int) -> bytes:
+        o = self._open
+        if o is None or o.kind != kind or (kind == "message" and o.round != round):
+            out = self._start(kind, round)
+            o = self._open
+            assert o is not None
+        else:
+            out = b""
+        o.pieces.append(text)
+        if not self._stream:
+            return out
+        seq = self._seq
+        self._seq += 1
+        return out + o.delta_head + b"%d" % seq + b',"delta":' + orjson.dumps(text) + b"}\n\n"
+
+    def _close(self) -> bytes:
+        o, self._open = self._open, None
+        if o is None:
+            return b""
+        text = "".join(o.pieces)
+        ref = {"item_id": o.id, "output_index": o.index}
+        if o.kind == "message":
+            part = text_part(text)
+            out = self._frame(
+                "response.output_text.done", {**ref, "content_index": 0, "text": text, "logprobs": []}
+            )
+            out += self._frame("response.content_part.done", {**ref, "content_index": 0, "part": part})
+            item = {
+                "id": o.id,
+                "type": "message",
+                "status": "completed",
+                "role": "assistant",
+                "content": [part],
+            }
+        else:
+            summary = {"type": "summary_text", "text": text}
+            out = self._frame(
+                "response.reasoning_summary_text.done", {**ref, "summary_index": 0, "text": text}
+            )
+            out += self._frame(
+                "response.reasoning_summary_part.done", {**ref, "summary_index": 0, "part": summary}
+            )
+            item = {"id": o.id, "type": "reasoning", "summary": [summary]}
+        return out + self._done(o.index, item)
+
+    def _client_calls(self, calls: list[JSON]) -> bytes:
+        out = b""
+        for call in calls:
+            item = call_item(call, self._tools)
+            index = len(self._items)
+            ref = {"item_id": item["id"], "output_index": index}
+            if item["type"] == "custom_tool_call":
+                out += self._added({**item, "status": "in_progress", "input": ""})
+                out += self._frame("response.custom_tool_call_input.delta", {**ref, "delta": item["input"]})
+                out += self._frame("response.custom_tool_call_input.done", {**ref, "input": item["input"]})
+            else:
+                out += self._added({**item, "status": "in_progress", "arguments": ""})
+                args = item["arguments"]
+                out += self._frame("response.function_call_arguments.delta", {**ref, "delta": args})
+                out += self._frame("response.function_call_arguments.done", {**ref, "arguments": args})
+            out += self._done(index, item)
+        return out
+
+    # -- the Renderer protocol (sorat_daemon.http.endpoint) ------------------------------------------
+
+    def begin(self) -> bytes:
+        return self._lifecycle("response.created", self._base) + self._keepalive()
+
+    def _keepalive(self) -> bytes:
+        if not self._stream:
+            return b""
+        if not self._in_progress:
+            self._in_progress = orjson.dumps(self._base)
+        seq = self._seq
+        self._seq += 1
+        return _IN_PROGRESS % seq + self._in_progress + b"}\n\n"
+
+    def event(self, ev: agent.Event) -> bytes:
+        if isinstance(ev, agent.Text):
+            return self._delta("message", ev.text, ev.round) if ev.text else b""
+        if isinstance(ev, agent.Reasoning):
+            return self._delta("reasoning", ev.text, ev.round) if ev.text else b""
+        if isinstance(ev, agent.ToolCall):
+            if self._mode == "tool_calls":
+                out = self._close()
+                item: JSON = {"id": new_id("mcp"), "type": "mcp_call", "status": "in_progress"}
+                item.update(server_label=SERVER_LABEL, name=ev.name, arguments=ev.arguments)
+                item.update(output=None, error=None)
+                self._mcp[ev.id] = len(self._items)
+                return out + self._added(item)
+            if self._mode == "reasoning":
+                o = self._open
+                return self._delta("reasoning", f"{ev.name} {ev.arguments}\n", o.round if o else 0)
+            return b""
+        if isinstance(ev, agent.ToolResult):
+            index = self._mcp.pop(ev.id, None)
+            if index is None:
+                return b""
+            return self._done(index, {**self._items[index], "status": "completed", "output": ev.output})
+        if isinstance(ev, agent.KeepAlive):
+            return self._keepalive()
+        return b""
+
+    def _finish(self, done: agent.Done) -> tuple[JSON, bytes]:
+        out = self._close()
+        calls = done.message.get("tool_calls") or []
+        out += self._client_calls(calls)
+        if not calls and not any(i["type"] == "message" for i in self._items):
+            out += self._start("message", 0) + self._close()  # an empty answer is still an answer
+        status, details = "completed", None
+        if done.finish_reason in ("length", "content_filter"):
+            reason = "max_output_tokens" if done.finish_reason == "length" else "content_filter"
+            status, details = "incomplete", {"reason": reason}
+        response = {**self._base, "status": status, "incomplete_details": details}
+        response.update(output=self._items, usage=usage_of(done.usage))
+        if self._on_end is not None:
+            self._on_end(response)
+        return response, out
+
+    def end(self, done: agent.Done) -> bytes:
+        response, out = self._finish(done)
+        kind = "response.completed" if response["status"] == "completed" else "response.incomplete"
+        return out + self._lifecycle(kind, response)
+
+    def fail(self, err: SoratError) -> bytes:
+        out = self._close()
+        for index in self._mcp.values():  # calls the failure cut short
+            out += self._done(index, {**self._items[index], "status": "failed", "error": err.message})
+        self._mcp.clear()
+        error = {"code": error_code(err), "message": err.message}
+        response = {**self._base, "status": "failed", "error": error, "output": self._items}
+        response["usage"] = None
+        if self._on_end is not None:
+            self._on_end(response)
+        return out + self._lifecycle("response.failed", response)
+
+    def close(self) -> bytes:
+        return b""  # no [DONE] in the Responses stream
+
+    async def whole(self, run: Run) -> bytes:
+        self._stream = False
+        async for ev in run:
+            if isinstance(ev, agent.Done):
+                return orjson.dumps(self._finish(ev)[0])
+            self.event(ev)
+        raise SoratError("the agent ended without an answer")
+
+
+# --- a session's visible conversation as items --------------------------------------------------------
+
+
+def items_of(messages: list[Message], tools: dict[str, ClientTool] | None = None) -> list[JSON]:
+    """Visible chat messages as Responses items, with ids that stay the same on every listing: a
+    message's from its position, a call's from its ``call_id``."""
+    out: list[JSON] = []
+    for i, m in enumerate(messages):
+        role = m.get("role")
+        content = m.get("content")
+        if role == "tool":
+            call_id = m.get("tool_call_id") or ""
+            text = content if isinstance(content, str) else _text(content)
+            item = {"id": "fco" + fc_id(call_id)[2:], "type": "function_call_output", "call_id": call_id}
+            item.update(output=text, status="completed")
+            out.append(item)
+            continue
+        if role == "assistant":
+            text = content if isinstance(content, str) else _text(content)
+            if text:
+                out.append(
+                    {"id": f"msg_{i:08d}", "type": "message", "status": "completed", "role": "assistant",
+                     "content": [text_part(text)]}
+                )  # fmt: skip
+            out += [call_item(c, tools or {}) for c in m.get("tool_calls") or () if isinstance(c, dict)]
+            continue
+        parts = [{"type": "input_text", "text": content}] if isinstance(content, str) else _parts(content)
+        out.append(
+            {"id": f"msg_{i:08d}", "type": "message", "status": "completed", "role": role, "content": parts}
+        )
+    return out
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, list):
+        return "".join(str(p.get("text") or "") for p in content if isinstance(p, dict))
+    return content if isinstance(content, str) else ""
+
+
+def _parts(content: Any) -> list[JSON]:
+    out: list[JSON] = []
+    for p in content if isinstance(content, list) else ():
+        if not isinstance(p, dict):
+            continue
+        if p.get("type") == "text":
+            out.append({"type": "input_text", "text": p.get("text") or ""})
+        elif p.get("type") == "image_url":
+            image = p.get("image_url")
+            image = image if isinstance(image, dict) else {"url": image}
+            out.append(
+                {"type": "input_image", "image_url": image.get("url"), "detail": image.get("detail", "auto")}
+            )
+    return out
