@@ -14,7 +14,7 @@ from quart import Quart, Response, request
 
 from sorat_daemon.errors import NotFound, RequestError
 from sorat_daemon.http.responses import page
-from sorat_daemon.protocols.responses_in import parse_items, with_system
+from sorat_daemon.protocols.responses_items import parse_items, with_system
 from sorat_daemon.protocols.responses_out import items_of, new_id
 from sorat_daemon.types import JSON, Message
 

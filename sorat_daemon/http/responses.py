@@ -22,7 +22,8 @@ from sorat_daemon.errors import NotFound, RequestError
 from sorat_daemon.http.asgi import Reply
 from sorat_daemon.http.endpoint import Head, TurnEndpoint
 from sorat_daemon.protocols import responses_in, responses_out
-from sorat_daemon.protocols.responses_in import ResponsesRequest, with_system
+from sorat_daemon.protocols.responses_in import ResponsesRequest
+from sorat_daemon.protocols.responses_items import with_system
 from sorat_daemon.response_store import ResponseRecord
 from sorat_daemon.sessions import valid_session_id
 from sorat_daemon.turn import Pipeline, Run, TurnRequest

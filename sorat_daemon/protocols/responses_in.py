@@ -1,24 +1,18 @@
 """OpenAI Responses in: a client's ``POST /v1/responses`` body checked and turned into what the turn
-pipeline takes (chat messages, chat function tools, provider params). Pure: no I/O.
-
-Input items become chat messages in one pass. The assistant side of a turn, however many items the
-client echoes for it (messages of each model round, ``function_call`` items, sorat's own ``reasoning``
-and ``mcp_call`` items between them), becomes one assistant message, as the session stored it: a
-client that resends everything every turn (Codex) then matches its session exactly. ``system`` and
-``developer`` messages and ``instructions``, wherever they stand, become one leading system message
-(many chat templates reject a later one).
+pipeline takes: chat messages (``responses_items``), chat function tools (``function`` tools as they are,
+``custom`` ones as functions of one string ``input``, ``namespace`` ones flattened to
+``<namespace>__<name>``, hosted ones left out) and the provider's params. Pure: no I/O.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from sorat_daemon.errors import RequestError
+from sorat_daemon.protocols.responses_items import NAMESPACE_SEP, parse_items, with_system
 from sorat_daemon.types import JSON, Message
 
 # Tool types OpenAI runs on its side; a chat provider cannot take them, and sorat's own tools stand in.
@@ -27,11 +21,6 @@ HOSTED_TOOLS = frozenset(
     code_interpreter image_generation computer_use_preview computer_use computer mcp local_shell shell
     apply_patch tool_search""".split()
 )
-# Items sorat produced itself (or another server's hosted calls) that a client echoes: never conversation.
-_ECHOED = frozenset({"reasoning", "mcp_call", "mcp_list_tools", "mcp_approval_request", "item_reference"})
-_TEXT_PARTS = frozenset({"input_text", "output_text", "text", "refusal", "summary_text", "reasoning_text"})
-_ROLES = frozenset({"user", "assistant", "system", "developer"})
-_NAMESPACE_SEP = "__"
 
 
 @dataclass(slots=True)
@@ -67,200 +56,8 @@ class ResponsesRequest:
         return with_system(self.system, self.messages)
 
 
-def with_system(system: list[str], messages: list[Message]) -> list[Message]:
-    if not system:
-        return messages
-    return [{"role": "system", "content": "\n\n".join(system)}, *messages]
-
-
 def _bad(message: str, param: str | None) -> RequestError:
     return RequestError(message, param=param)
-
-
-def fc_id(call_id: str) -> str:
-    """A function call item's ``id``, derived from its ``call_id``: stable wherever the call is shown
-    again (the stream, the Response object, conversation items) and never equal to the ``call_id``."""
-    return "fc_" + hashlib.blake2b(call_id.encode(), digest_size=12).hexdigest()
-
-
-# --- input items -----------------------------------------------------------------------------------
-
-
-def _texts(content: Any, where: str) -> tuple[list[JSON], bool]:
-    """Chat content parts of a Responses message's content, and whether all of them are text."""
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}], True
-    if content is None:
-        return [], True
-    if not isinstance(content, list):
-        raise _bad(f"{where} must be a string or an array of content parts", where)
-    parts: list[JSON] = []
-    only_text = True
-    for j, part in enumerate(content):
-        if isinstance(part, str):  # lenient: a bare string is its text
-            parts.append({"type": "text", "text": part})
-            continue
-        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-            raise _bad(f"{where}[{j}] must be an object with a string 'type'", f"{where}[{j}]")
-        kind = part["type"]
-        if kind in _TEXT_PARTS:
-            text = part.get("text", part.get("refusal"))
-            if not isinstance(text, str):
-                raise _bad(f"{where}[{j}].text must be a string", f"{where}[{j}].text")
-            parts.append({"type": "text", "text": text})
-        elif kind == "input_image":
-            url = part.get("image_url")
-            if isinstance(url, dict):
-                url = url.get("url")
-            if isinstance(url, str) and url:
-                image: JSON = {"url": url}
-                if isinstance(part.get("detail"), str) and part["detail"] != "auto":
-                    image["detail"] = part["detail"]
-                parts.append({"type": "image_url", "image_url": image})
-                only_text = False
-        elif kind == "input_file" and isinstance(part.get("file_data"), str):
-            file: JSON = {"file_data": part["file_data"]}
-            if isinstance(part.get("filename"), str):
-                file["filename"] = part["filename"]
-            parts.append({"type": "file", "file": file})
-            only_text = False
-        # other parts (input_audio, a file_id only sorat cannot fetch…) are left out
-    return parts, only_text
-
-
-def _chat_content(parts: list[JSON], only_text: bool) -> Any:
-    if only_text:
-        return "".join(p["text"] for p in parts) if len(parts) != 1 else parts[0]["text"]
-    return parts
-
-
-def _output_text(output: Any, where: str) -> str:
-    """A tool output as the text a chat tool message carries."""
-    if isinstance(output, str):
-        return output
-    if isinstance(output, list):
-        out = []
-        for j, part in enumerate(output):
-            if isinstance(part, dict) and part.get("type") in _TEXT_PARTS:
-                text = part.get("text")
-                if not isinstance(text, str):
-                    raise _bad(f"{where}[{j}].text must be a string", f"{where}[{j}].text")
-                out.append(text)
-            elif isinstance(part, dict) and part.get("type") in ("input_image", "input_file"):
-                out.append(f"[{part['type'][6:]} omitted: the model takes text results only]")
-            elif isinstance(part, str):
-                out.append(part)
-            else:
-                raise _bad(f"{where}[{j}] must be a content part", f"{where}[{j}]")
-        return "".join(out)
-    if output is None:
-        raise _bad(f"{where} is required", where)
-    return orjson.dumps(output).decode()  # lenient: a JSON value is its JSON text
-
-
-class _Items:
-    """One pass over input items; the assistant message being built collects one turn's calls."""
-
-    __slots__ = ("system", "messages", "calls", "orphans", "_assistant", "_content")
-
-    def __init__(self) -> None:
-        self.system: list[str] = []
-        self.messages: list[Message] = []
-        self.calls: set[str] = set()
-        self.orphans: list[str] = []
-        self._assistant: Message | None = None
-        self._content: list[str] = []
-
-    def flush(self) -> None:
-        a = self._assistant
-        if a is not None:
-            if self._content:
-                a["content"] = "".join(self._content)
-            self.messages.append(a)
-            self._assistant, self._content = None, []
-
-    def _pending(self) -> Message:
-        if self._assistant is None:
-            self._assistant = {"role": "assistant", "content": None}
-        return self._assistant
-
-    def add(self, item: Any, where: str) -> None:
-        if isinstance(item, str):  # lenient: a bare string is a user message
-            item = {"role": "user", "content": item}
-        if not isinstance(item, dict):
-            raise _bad(f"{where} must be an object", where)
-        kind = item.get("type")
-        if kind is None or kind == "message":
-            self._message(item, where)
-        elif kind in ("function_call", "custom_tool_call"):
-            self._call(item, kind, where)
-        elif kind in ("function_call_output", "custom_tool_call_output"):
-            call_id = item.get("call_id")
-            if not isinstance(call_id, str) or not call_id:
-                raise _bad(f"{where}.call_id must be a non-empty string", f"{where}.call_id")
-            content = _output_text(item.get("output"), f"{where}.output")
-            self.flush()
-            if call_id not in self.calls:
-                self.orphans.append(call_id)
-            self.messages.append({"role": "tool", "tool_call_id": call_id, "content": content})
-        elif not isinstance(kind, str):
-            raise _bad(f"{where}.type must be a string", f"{where}.type")
-        # sorat's own echoed items and unknown item types are skipped, never a 400 (_ECHOED and the rest)
-
-    def _message(self, item: JSON, where: str) -> None:
-        role = item.get("role")
-        if role not in _ROLES:
-            raise _bad(
-                f"{where}.role must be one of {', '.join(sorted(_ROLES))}, not {role!r}", f"{where}.role"
-            )
-        if "content" not in item:
-            raise _bad(f"{where}.content is required", f"{where}.content")
-        parts, only_text = _texts(item["content"], f"{where}.content")
-        if role in ("system", "developer"):
-            text = "".join(p["text"] for p in parts if p["type"] == "text")
-            if text:
-                self.system.append(text)
-        elif role == "assistant":
-            self._pending()
-            self._content.extend(p["text"] for p in parts if p["type"] == "text")
-        else:
-            self.flush()
-            self.messages.append({"role": "user", "content": _chat_content(parts, only_text)})
-
-    def _call(self, item: JSON, kind: str, where: str) -> None:
-        call_id, name = item.get("call_id"), item.get("name")
-        if not isinstance(call_id, str) or not call_id:
-            raise _bad(f"{where}.call_id must be a non-empty string", f"{where}.call_id")
-        if not isinstance(name, str) or not name:
-            raise _bad(f"{where}.name must be a non-empty string", f"{where}.name")
-        if kind == "custom_tool_call":
-            text = item.get("input")
-            if not isinstance(text, str):
-                raise _bad(f"{where}.input must be a string", f"{where}.input")
-            arguments = orjson.dumps({"input": text}).decode()
-        else:
-            arguments = item.get("arguments", "")
-            if isinstance(arguments, dict):
-                arguments = orjson.dumps(arguments).decode()
-            if not isinstance(arguments, str):
-                raise _bad(f"{where}.arguments must be a string of JSON", f"{where}.arguments")
-        namespace = item.get("namespace")
-        if isinstance(namespace, str) and namespace:
-            name = namespace + _NAMESPACE_SEP + name
-        a = self._pending()
-        a.setdefault("tool_calls", []).append(
-            {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
-        )
-        self.calls.add(call_id)
-
-
-def parse_items(items: Iterable[Any], where: str = "input") -> tuple[list[str], list[Message], list[str]]:
-    """(system texts, conversation messages, orphan call_ids) of a list of input items."""
-    state = _Items()
-    for i, item in enumerate(items):
-        state.add(item, f"{where}[{i}]")
-    state.flush()
-    return state.system, state.messages, state.orphans
 
 
 # --- tools -----------------------------------------------------------------------------------------
@@ -273,7 +70,7 @@ def _function(t: JSON, where: str, namespace: str | None) -> tuple[JSON, ClientT
     description = t.get("description")
     if description is not None and not isinstance(description, str):
         raise _bad(f"{where}.description must be a string", f"{where}.description")
-    fn: JSON = {"name": namespace + _NAMESPACE_SEP + name if namespace else name}
+    fn: JSON = {"name": namespace + NAMESPACE_SEP + name if namespace else name}
     if description:
         fn["description"] = description
     if t.get("type") == "custom":
@@ -345,7 +142,7 @@ def _tool_choice(choice: Any) -> Any:
     if kind in ("function", "custom") and isinstance(name, str) and name:
         namespace = choice.get("namespace")
         if isinstance(namespace, str) and namespace:
-            name = namespace + _NAMESPACE_SEP + name
+            name = namespace + NAMESPACE_SEP + name
         return {"type": "function", "function": {"name": name}}
     if kind == "allowed_tools":
         mode = choice.get("mode")
@@ -460,13 +257,15 @@ def parse_request(body: bytes) -> ResponsesRequest:
     tools, client_tools, skipped = parse_tools(data.get("tools"))
     tool_choice = _tool_choice(data.get("tool_choice"))
     params = _params(data)
-    try:  # orjson reads 1024 levels of nesting but writes only 255: refuse what could not be sent on
-        orjson.dumps((messages, tools, params))
-    except TypeError:
-        raise _bad("The request is nested too deeply (more than 255 levels)", None) from None
     if data.get("metadata") is not None and not isinstance(data["metadata"], dict):
         raise _bad("'metadata' must be an object of strings", "metadata")
     echo = {k: data[k] for k in _ECHO if data.get(k) is not None}
+    # orjson reads 1024 levels of nesting but writes only 255: refuse what could not be sent on. The
+    # messages are built of strings here; what is passed through as given is checked.
+    try:
+        orjson.dumps((tools, params, echo))
+    except TypeError:
+        raise _bad("The request is nested too deeply (more than 255 levels)", None) from None
     return ResponsesRequest(
         system=system,
         messages=messages,

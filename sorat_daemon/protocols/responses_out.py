@@ -21,7 +21,8 @@ import orjson
 
 from sorat_daemon import agent
 from sorat_daemon.errors import ContextWindowExceeded, SoratError
-from sorat_daemon.protocols.responses_in import ClientTool, fc_id
+from sorat_daemon.protocols.responses_in import ClientTool
+from sorat_daemon.protocols.responses_items import fc_id
 from sorat_daemon.types import JSON, Message
 
 if TYPE_CHECKING:
