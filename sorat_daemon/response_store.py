@@ -84,9 +84,11 @@ class ResponseStore:
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, check_same_thread=False)
         try:
-            return self._schema(sqlite3.connect(self.path, check_same_thread=False))
+            return self._schema(db)
         except sqlite3.DatabaseError as e:
+            db.close()
             broken = self.path.with_name(f"{FILE}.broken-{int(time.time())}")
             log.warning("response records unreadable (%s); kept as %s, starting a new file", e, broken.name)
             for suffix in ("", "-wal", "-shm"):

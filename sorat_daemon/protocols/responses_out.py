@@ -367,7 +367,15 @@ class ResponsesRenderer:
 
     async def whole(self, run: Run) -> bytes:
         self._stream = False
+        held: list[agent.Text] = []  # a whole model answer gives its text before its reasoning
         async for ev in run:
+            if isinstance(ev, agent.Text):
+                held.append(ev)
+                continue
+            if not (isinstance(ev, agent.Reasoning) and held and held[0].round == ev.round):
+                for text in held:
+                    self.event(text)
+                held.clear()
             if isinstance(ev, agent.Done):
                 return orjson.dumps(self._finish(ev)[0])
             self.event(ev)
