@@ -11,6 +11,8 @@ from sorat_daemon.errors import RequestError
 from sorat_daemon.protocols.responses_in import ClientTool, parse_request
 from sorat_daemon.protocols.responses_items import fc_id, parse_items, with_system
 
+IMAGE_OMITTED = "[image omitted: the model takes text results only]"
+
 
 def parse(**body: Any):  # type: ignore[no-untyped-def]
     return parse_request(orjson.dumps(body))
@@ -26,6 +28,10 @@ def bad(param: str | None, **body: Any) -> RequestError:
 
 def user(text: str) -> dict[str, Any]:
     return {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+
+
+def call(call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
 def said(text: str, **extra: Any) -> dict[str, Any]:
@@ -126,12 +132,12 @@ def test_an_echoed_turn_is_one_assistant_message() -> None:
             "role": "assistant",
             "content": "Let me look. Now the shell.",
             "tool_calls": [
-                {"id": "call_1", "type": "function", "function": {"name": "exec_command", "arguments": '{"cmd":"ls"}'}},
-                {"id": "call_2", "type": "function", "function": {"name": "multi_agent_v1__spawn_agent", "arguments": "{}"}},
+                call("call_1", "exec_command", '{"cmd":"ls"}'),
+                call("call_2", "multi_agent_v1__spawn_agent", "{}"),
             ],
         },
         {"role": "tool", "tool_call_id": "call_1", "content": "a\nb\n"},
-        {"role": "tool", "tool_call_id": "call_2", "content": "spawned[image omitted: the model takes text results only]"},
+        {"role": "tool", "tool_call_id": "call_2", "content": "spawned" + IMAGE_OMITTED},
         {"role": "assistant", "content": "Done."},
         {"role": "user", "content": "thanks"},
     ]  # fmt: skip
@@ -345,7 +351,7 @@ def test_bad_bodies() -> None:
 
 def test_nesting_orjson_cannot_send_on_is_refused() -> None:
     deep = '{"x":' * 400 + "1" + "}" * 400
-    body = '{"input": "x", "tools": [{"type": "function", "name": "f", "parameters": %s}]}' % deep
+    body = '{"input": "x", "tools": [{"type": "function", "name": "f", "parameters": ' + deep + "}]}"
     with pytest.raises(RequestError) as e:
         parse_request(body.encode())
     assert "nested too deeply" in e.value.message

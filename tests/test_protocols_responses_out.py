@@ -30,6 +30,10 @@ USAGE = {
 }
 
 
+def call(call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
 def done(message: dict[str, Any] | None = None, finish: str = "stop", usage: Any = USAGE) -> agent.Done:
     return agent.Done(finish, usage, message or {"role": "assistant", "content": "x"})
 
@@ -191,10 +195,10 @@ def test_client_calls_keep_id_and_call_id_apart() -> None:
         "multi_agent_v1__spawn_agent": ClientTool("function", "spawn_agent", "multi_agent_v1"),
     }
     calls = [
-        {"id": "call_1", "type": "function", "function": {"name": "exec_command", "arguments": '{"cmd":"ls"}'}},
-        {"id": "call_2", "type": "function", "function": {"name": "apply_patch", "arguments": '{"input":"P"}'}},
-        {"id": "call_3", "type": "function", "function": {"name": "multi_agent_v1__spawn_agent", "arguments": "{}"}},
-    ]  # fmt: skip
+        call("call_1", "exec_command", '{"cmd":"ls"}'),
+        call("call_2", "apply_patch", '{"input":"P"}'),
+        call("call_3", "multi_agent_v1__spawn_agent", "{}"),
+    ]
     message = {"role": "assistant", "content": "Running.", "tool_calls": calls}
     evs = stream(renderer(tools=tools), [agent.Text("Running.")], done(message, "tool_calls"))
     check_stream(evs)
@@ -298,7 +302,7 @@ class FakeRun:
 
 
 async def test_whole_answer_has_every_item_in_order() -> None:
-    calls = [{"id": "call_9", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}]
+    calls = [call("call_9", "lookup", "{}")]
     events: list[agent.Event] = [
         agent.Reasoning("think"),
         agent.ToolCall("c1", "get_current_time", "{}"),
@@ -328,9 +332,9 @@ def test_usage_without_details_or_at_all() -> None:
 def test_visible_messages_as_items() -> None:
     messages = [
         {"role": "system", "content": "rules"},
-        {"role": "user", "content": [{"type": "text", "text": "see"}, {"type": "image_url", "image_url": {"url": "u"}}]},
-        {"role": "assistant", "content": "calling", "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "user", "content": [{"type": "text", "text": "see"},
+                                     {"type": "image_url", "image_url": {"url": "u"}}]},
+        {"role": "assistant", "content": "calling", "tool_calls": [call("call_1", "f", "{}")]},
         {"role": "tool", "tool_call_id": "call_1", "content": "out"},
         {"role": "assistant", "content": "done"},
     ]  # fmt: skip
