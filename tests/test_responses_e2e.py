@@ -3,6 +3,7 @@ HTTP (the stream's framing, bad input, provider failures before and after the fi
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -19,6 +20,12 @@ WEATHER = {
     "description": "The weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
 }
+
+
+@pytest.fixture
+def client(daemon: DaemonProc) -> Iterator[openai.OpenAI]:
+    with daemon.openai() as c:
+        yield c
 
 
 def sent_with(upstream: Upstream, marker: str) -> list[dict[str, Any]]:
@@ -47,9 +54,9 @@ def openai_error(r: httpx.Response, status: int, param: str | None = None) -> di
 # --- answers -------------------------------------------------------------------------------------------
 
 
-def test_whole_answer_through_the_sdk(daemon: DaemonProc, upstream: Upstream) -> None:
+def test_whole_answer_through_the_sdk(daemon: DaemonProc, client: openai.OpenAI, upstream: Upstream) -> None:
     upstream.script(text("Hello from sorat", reasoning="Thinking it over"))
-    raw = daemon.openai().responses.with_raw_response.create(
+    raw = client.responses.with_raw_response.create(
         model="sorat-agent",
         instructions="Be brief.",
         input="whole-1 hi",
@@ -72,14 +79,14 @@ def test_whole_answer_through_the_sdk(daemon: DaemonProc, upstream: Upstream) ->
     assert sent["temperature"] == 0.2 and sent["max_tokens"] == 50 and not sent.get("stream")
 
 
-def test_streamed_answer_through_the_stream_helper(daemon: DaemonProc, upstream: Upstream) -> None:
+def test_streamed_answer_through_the_stream_helper(
+    daemon: DaemonProc, client: openai.OpenAI, upstream: Upstream
+) -> None:
     upstream.script(
         tool_calls([("get_current_time", {"timezone": "UTC"})]), text("It is noon, really.", chunks=4)
     )
     reasoning = {"X-Sorat-Tool-Events": "reasoning"}
-    with daemon.openai().responses.stream(
-        model="x", input="stream-1 what time?", extra_headers=reasoning
-    ) as s:
+    with client.responses.stream(model="x", input="stream-1 what time?", extra_headers=reasoning) as s:
         deltas = [e.delta for e in s if e.type == "response.output_text.delta"]
         final = s.get_final_response()
     assert "".join(deltas) == "It is noon, really." == final.output_text
@@ -107,8 +114,9 @@ def test_the_raw_stream_keeps_every_rule(daemon: DaemonProc, upstream: Upstream)
     assert evs[-1]["response"]["usage"]["total_tokens"] == 30  # both model calls
 
 
-def test_client_tool_round_trip_continues_the_session(daemon: DaemonProc, upstream: Upstream) -> None:
-    client = daemon.openai()
+def test_client_tool_round_trip_continues_the_session(
+    daemon: DaemonProc, client: openai.OpenAI, upstream: Upstream
+) -> None:
     upstream.script(tool_calls([("get_weather", {"city": "Oslo"})]))
     first = client.responses.with_raw_response.create(model="x", input="tool-1 weather?", tools=[WEATHER])
     r = first.parse()
@@ -153,9 +161,11 @@ def test_reasoning_effort_and_json_format_pass_through(daemon: DaemonProc, upstr
     }
 
 
-def test_max_output_tokens_is_incomplete(daemon: DaemonProc, upstream: Upstream) -> None:
+def test_max_output_tokens_is_incomplete(
+    daemon: DaemonProc, client: openai.OpenAI, upstream: Upstream
+) -> None:
     upstream.script(text("cut sh", finish_reason="length"))
-    r = daemon.openai().responses.create(model="x", input="len-1", max_output_tokens=3)
+    r = client.responses.create(model="x", input="len-1", max_output_tokens=3)
     assert r.status == "incomplete" and r.incomplete_details is not None
     assert r.incomplete_details.reason == "max_output_tokens"
 
@@ -214,7 +224,9 @@ def test_an_output_for_a_call_that_does_not_exist(daemon: DaemonProc, upstream: 
     assert upstream.requests == []
 
 
-def test_unknown_previous_response_and_conversation(daemon: DaemonProc, upstream: Upstream) -> None:
+def test_unknown_previous_response_and_conversation(
+    daemon: DaemonProc, client: openai.OpenAI, upstream: Upstream
+) -> None:
     err = openai_error(
         post(daemon, {"input": "x", "previous_response_id": "resp_nope"}), 400, "previous_response_id"
     )
@@ -222,7 +234,7 @@ def test_unknown_previous_response_and_conversation(daemon: DaemonProc, upstream
     openai_error(post(daemon, {"input": "x", "conversation": "conv_nope"}), 400, "conversation")
     openai_error(post(daemon, {"input": "x", "conversation": "../etc"}), 400, "conversation")
     with pytest.raises(openai.BadRequestError):
-        daemon.openai().responses.create(model="x", input="x", previous_response_id="resp_gone")
+        client.responses.create(model="x", input="x", previous_response_id="resp_gone")
     assert upstream.requests == []
 
 
@@ -243,19 +255,19 @@ def test_other_methods(daemon: DaemonProc) -> None:
 
 
 def test_a_provider_failing_before_the_first_event_is_an_http_error(
-    daemon: DaemonProc, upstream: Upstream
+    daemon: DaemonProc, client: openai.OpenAI, upstream: Upstream
 ) -> None:
     upstream.script(error(400, "temperature too hot for this model"))
     err = openai_error(post(daemon, {"input": "fail-1", "stream": True}), 400)
     assert err["type"] == "invalid_request_error" and "temperature too hot" in err["message"]
     upstream.script(*[error(503, "overloaded")] * 5)
     with pytest.raises(openai.APIStatusError) as e:
-        daemon.openai().responses.create(model="x", input="fail-2", stream=True)
+        client.responses.create(model="x", input="fail-2", stream=True)
     assert e.value.status_code == 502
 
 
 def test_a_provider_failing_after_the_first_event_is_response_failed(
-    daemon: DaemonProc, upstream: Upstream
+    daemon: DaemonProc, client: openai.OpenAI, upstream: Upstream
 ) -> None:
     upstream.script(text("one two three four five six", chunks=6, drop_after=3))
     evs = frames(post(daemon, {"input": "fail-3", "stream": True}).content)
@@ -270,6 +282,6 @@ def test_a_provider_failing_after_the_first_event_is_response_failed(
     evs = frames(post(daemon, {"input": "fail-4", "stream": True}).content)
     assert evs[-1]["response"]["error"]["code"] == "context_length_exceeded"
     upstream.script(text("one two three", chunks=3, drop_after=2))
-    with daemon.openai().responses.stream(model="x", input="fail-5") as s:
+    with client.responses.stream(model="x", input="fail-5") as s:
         kinds = [e.type for e in s]
     assert kinds[-1] == "response.failed"
