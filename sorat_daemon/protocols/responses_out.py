@@ -310,7 +310,7 @@ class ResponsesRenderer:
             return self._delta("reasoning", ev.text, ev.round) if ev.text else b""
         if isinstance(ev, agent.ToolCall):
             if self._mode == "tool_calls":
-                out = self._close()
+                out = self._close() + self._end_calls(ev.id, "incomplete", None)  # an id used twice
                 item: JSON = {"id": new_id("mcp"), "type": "mcp_call", "status": "in_progress"}
                 item.update(server_label=SERVER_LABEL, name=ev.name, arguments=ev.arguments)
                 item.update(output=None, error=None)
@@ -329,8 +329,17 @@ class ResponsesRenderer:
             return self._keepalive()
         return b""
 
+    def _end_calls(self, call_id: str | None, status: str, error: str | None) -> bytes:
+        """Closes the open mcp_call items (``call_id``: only that one) that got no result."""
+        out = b""
+        for key in [call_id] if call_id is not None else list(self._mcp):
+            index = self._mcp.pop(key, None)
+            if index is not None:
+                out += self._done(index, {**self._items[index], "status": status, "error": error})
+        return out
+
     def _finish(self, done: agent.Done) -> tuple[JSON, bytes]:
-        out = self._close()
+        out = self._close() + self._end_calls(None, "incomplete", None)
         calls = done.message.get("tool_calls") or []
         out += self._client_calls(calls)
         if not calls and not any(i["type"] == "message" for i in self._items):
@@ -351,10 +360,7 @@ class ResponsesRenderer:
         return out + self._lifecycle(kind, response)
 
     def fail(self, err: SoratError) -> bytes:
-        out = self._close()
-        for index in self._mcp.values():  # calls the failure cut short
-            out += self._done(index, {**self._items[index], "status": "failed", "error": err.message})
-        self._mcp.clear()
+        out = self._close() + self._end_calls(None, "failed", err.message)  # calls the failure cut short
         error = {"code": error_code(err), "message": err.message}
         response = {**self._base, "status": "failed", "error": error, "output": self._items}
         response["usage"] = None
