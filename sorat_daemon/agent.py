@@ -21,6 +21,7 @@ from sorat_daemon.tools.registry import ToolContext, Toolset
 from sorat_daemon.types import JSON, Message, ModelCall, ModelClient, ToolCallDelta
 
 KEEPALIVE_S = 15.0
+ROUND_SEPARATOR = "\n\n"  # between the texts of successive model rounds: "…the time.\n\nNow the weather"
 
 # record(message, visible): visible is what the client saw of the message (None: nothing).
 Recorder = Callable[..., Awaitable[None]]
@@ -101,6 +102,22 @@ def drop_oldest_turn(messages: list[Message]) -> list[Message] | None:
     return messages[:start] + messages[end:]
 
 
+def later_tool_choice(tool_choice: Any) -> Any:
+    """The tool_choice of the calls after the first: one that forces a call (``required``, a named tool,
+    ``allowed_tools`` in ``required`` mode) becomes ``auto``, else an obedient model would call tools
+    until ``max_iterations``; any other choice stays."""
+    if tool_choice == "required":
+        return "auto"
+    if not isinstance(tool_choice, dict):
+        return tool_choice
+    allowed = tool_choice.get("allowed_tools")
+    if tool_choice.get("type") == "allowed_tools" and isinstance(allowed, dict):
+        if allowed.get("mode") != "required":
+            return tool_choice
+        return {**tool_choice, "allowed_tools": {**allowed, "mode": "auto"}}  # the same tools, unforced
+    return "auto"  # a named function (or custom) tool
+
+
 def _client_names(tools: list[JSON]) -> set[str]:
     return {t["function"]["name"] for t in tools if isinstance(t.get("function"), dict)}
 
@@ -127,11 +144,14 @@ async def run(
     tools = internal_specs + opts.client_tools
     usage: JSON | None = None
     rounds = 0
-    said: list[str] = []  # every piece of text the client saw, for the final message of a whole answer
+    said: list[str] = []  # each round's text the client saw, for the final message of a whole answer
     reasoning_said: list[str] = []
     while True:
         last = rounds >= opts.max_iterations
-        tool_choice = "none" if (last and tools) else opts.tool_choice
+        tool_choice = opts.tool_choice if rounds == 0 else later_tool_choice(opts.tool_choice)
+        if last and tools:
+            tool_choice = "none"
+        sep = ROUND_SEPARATOR if said else ""  # before this round's text, as the client sees it
         call = ModelCall(opts.model, messages, tools or None, tool_choice, opts.params)
         r = _Round()
         try:
@@ -150,21 +170,24 @@ async def run(
         except BaseException:
             if r.text:  # what was said is kept, even when the provider or the client went away
                 partial = {"role": "assistant", "content": "".join(r.text)}
-                await asyncio.shield(record(partial, visible=partial))
+                shown = {"role": "assistant", "content": sep + partial["content"]} if sep else partial
+                await asyncio.shield(record(partial, visible=shown))
             raise
         usage = wire.add_usage(usage, r.usage) if r.usage or usage else None
         text, reasoning, finish = r.text, r.reasoning, r.finish
         acc = r.acc
-        said.extend(text)
         reasoning_said.extend(reasoning)
         calls = acc.calls()
         content = "".join(text)
+        if content:
+            said.append(content)
+        shown_content = sep + content if content else content
         if not calls or last:
             final: Message = {"role": "assistant", "content": content}
             if reasoning:
                 final["reasoning_content"] = "".join(reasoning)
-            await record(final, visible=final)
-            whole: Message = {"role": "assistant", "content": "".join(said)}
+            await record(final, visible={**final, "content": shown_content} if sep and content else final)
+            whole: Message = {"role": "assistant", "content": ROUND_SEPARATOR.join(said)}
             if reasoning_said:
                 whole["reasoning_content"] = "".join(reasoning_said)
             yield Done("stop" if finish == "tool_calls" else finish, usage, whole, r.usage)
@@ -176,9 +199,13 @@ async def run(
         internal = [c for c in calls if c["function"]["name"] not in client_names]
         client = [c for c in calls if c["function"]["name"] in client_names]
         if client:
-            visible: Message | None = {"role": "assistant", "content": content or None, "tool_calls": client}
+            visible: Message | None = {
+                "role": "assistant",
+                "content": shown_content or None,
+                "tool_calls": client,
+            }
         else:
-            visible = {"role": "assistant", "content": content} if content else None
+            visible = {"role": "assistant", "content": shown_content} if content else None
         await record(assistant, visible=visible)
         messages.append(assistant)
 
@@ -188,7 +215,7 @@ async def run(
             yield event
 
         if client:
-            whole = {"role": "assistant", "content": "".join(said) or None, "tool_calls": client}
+            whole = {"role": "assistant", "content": ROUND_SEPARATOR.join(said) or None, "tool_calls": client}
             yield Done("tool_calls", usage, whole, r.usage)
             return
         rounds += 1

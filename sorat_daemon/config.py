@@ -15,6 +15,7 @@ from sorat_daemon.paths import create_once
 log = logging.getLogger("sorat.config")
 
 TOOL_EVENTS = ("tool_calls", "reasoning", "none")
+TOOL_FAMILIES = ("run_command", "files", "web", "memory", "clock", "mcp")
 
 TEMPLATE = """\
 # sorat configuration. Every key is optional; the values shown are the defaults.
@@ -29,7 +30,9 @@ allowed_hosts = []          # Host header values accepted besides localhost, 127
 [agent]
 model = "gpt-4o"            # the active model; the tray's Model menu and `sorat model` switch it
 max_iterations = 30         # tool rounds per request, then one final answer
-tool_events = "tool_calls"  # how streams show internal tool calls: tool_calls | reasoning | none
+tool_events = "reasoning"   # how streams show internal tool calls: reasoning | tool_calls | none
+tools_with_client_tools = ["web", "memory", "clock", "mcp"]  # internal tool families offered beside a
+                            # client's own tools; families: run_command, files, web, memory, clock, mcp
 system_prompt = ""          # optional; prepended to every conversation
 provider_read_timeout_s = 120  # a provider silent this long ends the call (504)
 
@@ -71,7 +74,8 @@ class ServerSettings:
 class AgentSettings:
     model: str = "gpt-4o"
     max_iterations: int = 30
-    tool_events: str = "tool_calls"
+    tool_events: str = "reasoning"
+    tools_with_client_tools: tuple[str, ...] = ("web", "memory", "clock", "mcp")
     system_prompt: str = ""
     provider_read_timeout_s: float = 120.0
 
@@ -102,6 +106,7 @@ _AGENT_KEYS = {
     "model": str,
     "max_iterations": int,
     "tool_events": str,
+    "tools_with_client_tools": list,
     "system_prompt": str,
     "provider_read_timeout_s": (int, float),
 }
@@ -163,8 +168,17 @@ def parse(text: str, file: Path, env: Mapping[str, str] | None = None) -> Settin
     )
 
     a = _table(file, data, "agent", _AGENT_KEYS, "agent.")
-    if a.get("tool_events", "tool_calls") not in TOOL_EVENTS:
+    if a.get("tool_events", "reasoning") not in TOOL_EVENTS:
         raise ConfigError(file, "agent.tool_events", f"must be one of {', '.join(TOOL_EVENTS)}")
+    if "tools_with_client_tools" in a:
+        key = "agent.tools_with_client_tools"
+        families = _strings(file, key, a["tools_with_client_tools"])
+        unknown = [f for f in families if f not in TOOL_FAMILIES]
+        if unknown:
+            raise ConfigError(
+                file, key, f"unknown family {unknown[0]!r}; families: {', '.join(TOOL_FAMILIES)}"
+            )
+        a["tools_with_client_tools"] = families
     if a.get("max_iterations", 30) < 0:
         raise ConfigError(file, "agent.max_iterations", "must be 0 or more")
     if a.get("provider_read_timeout_s", 120) <= 0:

@@ -72,6 +72,7 @@ class Run:
         self.tools_ran = False  # a retried request would run them again
         self.done: agent.Done | None = None
         self._said: list[str] = []  # for the title of a session whose client left before the end
+        self._round = 0
         self._closed = False
 
     def __aiter__(self) -> Run:
@@ -82,6 +83,9 @@ class Run:
             raise StopAsyncIteration
         ev = await anext(self._events)
         if isinstance(ev, agent.Text):
+            if ev.round != self._round and self._said:
+                self._said.append(agent.ROUND_SEPARATOR)
+            self._round = ev.round
             self._said.append(ev.text)
         elif isinstance(ev, agent.ToolCall):
             self.tools_ran = True
@@ -133,6 +137,8 @@ class Pipeline:
         mode = tool_events_mode(req.tool_events, settings.tool_events, bool(req.client_tools))
         provider, model = rt.pool.resolve(req.model, rt.active_model)
         toolset = rt.tools.current() if req.use_tools else Toolset()
+        if req.client_tools:  # the client is an agent in its own project: our workspace tools would shadow
+            toolset = toolset.only(settings.tools_with_client_tools)
         stack = contextlib.AsyncExitStack()  # the turn: closed (the session saved) before the last byte
         try:
             turn = None

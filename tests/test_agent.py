@@ -125,7 +125,7 @@ async def test_tool_round_then_answer_sums_usage(ctx: ToolContext, stream: bool)
     assert [(c.name, json.loads(c.arguments)) for c in calls] == [("echo", {"text": "pong"})]
     done = events[-1]
     assert isinstance(done, agent.Done) and done.finish_reason == "stop"
-    assert done.message["content"] == "Looking. It said pong."
+    assert done.message["content"] == "Looking. \n\nIt said pong."  # a blank line between the rounds
     if stream:
         assert done.usage == {"prompt_tokens": 20, "completion_tokens": 10, "total_tokens": 30}
     second = model.calls[1].messages
@@ -135,6 +135,78 @@ async def test_tool_round_then_answer_sums_usage(ctx: ToolContext, stream: bool)
     assert [r[0]["role"] for r in recorded] == ["assistant", "tool", "assistant"]
     assert recorded[0][1] == {"role": "assistant", "content": "Looking. "}
     assert recorded[1][1] is None
+    # the model's own message has its own text; the client saw it after the blank line
+    assert recorded[2] == (
+        {"role": "assistant", "content": "It said pong."},
+        {"role": "assistant", "content": "\n\nIt said pong."},
+    )
+    texts = [(e.text, e.round) for e in events if isinstance(e, agent.Text)]
+    assert texts == [("Looking. ", 0), ("It said pong.", 1)]  # the separator is the renderer's
+
+
+async def test_no_separator_before_the_first_text(ctx: ToolContext) -> None:
+    """A silent tool round (no text) then the answer: nothing went before it, so no blank line."""
+    model = ScriptedModel(
+        [Delta(tool_calls=[call("echo", {"text": "a"})])],
+        [Delta(content="Between. "), Delta(tool_calls=[call("echo", {"text": "b"})])],
+        [Delta(tool_calls=[call("echo", {"text": "c"})])],
+        [Delta(content="Done.")],
+    )
+    events, recorded = await collect(model, Toolset([echo]), ctx, agent.RunOptions("m"))
+    done = events[-1]
+    assert isinstance(done, agent.Done) and done.message["content"] == "Between. \n\nDone."
+    shown = [v["content"] for _, v in recorded if v is not None]
+    assert "".join(shown) == "Between. \n\nDone."  # the visible conversation: one message, as seen
+
+
+async def test_partial_answer_of_a_later_round_is_kept_as_seen(ctx: ToolContext) -> None:
+    model = ScriptedModel(
+        [Delta(content="First."), Delta(tool_calls=[call("echo", {"text": "a"})])],
+        [Delta(content="half an ans"), ProviderError("reset")],  # type: ignore[list-item]
+    )
+    recorded: list[Any] = []
+
+    async def rec(message: dict[str, Any], *, visible: Any = ...) -> None:
+        recorded.append((message, visible))
+
+    with pytest.raises(ProviderError):
+        await collect(model, Toolset([echo]), ctx, agent.RunOptions("m"), record=rec)
+    assert recorded[-1] == (
+        {"role": "assistant", "content": "half an ans"},
+        {"role": "assistant", "content": "\n\nhalf an ans"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("choice", "later"),
+    [
+        ("required", "auto"),
+        ({"type": "function", "function": {"name": "echo"}}, "auto"),
+        (
+            {"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [{"type": "function"}]}},
+            {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": [{"type": "function"}]}},
+        ),
+        ({"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": []}}, None),
+        ("auto", "auto"),
+        ("none", "none"),
+        (None, None),
+    ],
+)
+async def test_a_forcing_tool_choice_binds_the_first_call_only(
+    ctx: ToolContext, choice: Any, later: Any
+) -> None:
+    """An obedient model calls a tool whenever tool_choice forces one: re-sent every round, it would call
+    tools until max_iterations. Later rounds get ``auto`` (the same tools, for allowed_tools)."""
+    if later is None:
+        later = choice
+    model = ScriptedModel(
+        [Delta(tool_calls=[call("echo", {"text": "a"})])],
+        [Delta(tool_calls=[call("echo", {"text": "b"})])],
+        [Delta(content="done")],
+    )
+    await collect(model, Toolset([echo]), ctx, agent.RunOptions("m", tool_choice=choice))
+    assert [c.tool_choice for c in model.calls] == [choice, later, later]
+    assert agent.later_tool_choice(choice) == later
 
 
 async def test_calls_of_one_round_run_concurrently(ctx: ToolContext) -> None:

@@ -59,11 +59,28 @@ def assert_valid_conversation(messages: list[dict[str, Any]]) -> None:
 # -- LangChain (langchain-openai's ChatOpenAI) ---------------------------------------------------------
 
 
+TOOL_CALLS = {"X-Sorat-Tool-Events": "tool_calls"}  # the opt-in mode that shows internal calls as calls
+
+
 @pytest.fixture
 def chat(daemon: DaemonProc) -> Any:
     from langchain_openai import ChatOpenAI
 
     return ChatOpenAI(base_url=daemon.base_url, api_key=daemon.token, model="sorat-agent", max_retries=0)
+
+
+@pytest.fixture
+def chat_tool_calls(daemon: DaemonProc) -> Any:
+    """ChatOpenAI opted into tool_events = "tool_calls" (by the header)."""
+    from langchain_openai import ChatOpenAI
+
+    return ChatOpenAI(
+        base_url=daemon.base_url,
+        api_key=daemon.token,
+        model="sorat-agent",
+        max_retries=0,
+        default_headers=TOOL_CALLS,
+    )
 
 
 def _summed(chunks: list[Any]) -> Any:
@@ -93,13 +110,34 @@ def test_langchain_stream(chat: Any, upstream: Upstream) -> None:
 
 
 def test_langchain_stream_with_internal_tool_rounds(chat: Any, upstream: Upstream) -> None:
-    """No tools bound, default tool_events: the internal calls arrive as tool_call chunks with rising
-    indexes. LangChain keeps them apart (no merged arguments), the text is exactly the answer, and the
-    finish reason stays "stop". The summed message does list the internal calls in ``tool_calls``: that
-    is how sorat's contract shows them, and harmless here (a LangChain agent binds tools, and then sorat
-    sends its internal calls as reasoning, see the bind_tools tests)."""
+    """No tools bound, the default tool_events = "reasoning": LangChain's aggregated stream is exactly
+    the answer, with no tool call that never was its own (the phantom calls of the tool_calls mode),
+    and the next turn continues the one session."""
     from langchain_core.messages import HumanMessage
 
+    upstream.script(*internal_round())
+    chunks = list(chat.stream("what time is it? (langchain default)"))
+    full = _summed(chunks)
+    assert full.content == "It is noon."
+    assert full.tool_calls == [] and full.tool_call_chunks == [] and full.invalid_tool_calls == []
+    assert full.response_metadata["finish_reason"] == "stop"
+    upstream.script(text("You're welcome."))
+    reply = chat.invoke([HumanMessage("what time is it? (langchain default)"), full, HumanMessage("thanks")])
+    assert reply.content == "You're welcome."
+    sent = upstream.requests[-1]["messages"]
+    assert_valid_conversation(sent)
+    assert " ".join(m["role"] for m in sent) == "user assistant tool tool assistant tool assistant user"
+    assert sent[-2]["content"] == "It is noon." and not sent[-2].get("tool_calls")
+
+
+def test_langchain_stream_in_tool_calls_mode(chat_tool_calls: Any, upstream: Upstream) -> None:
+    """tool_events = "tool_calls" (opted in): the internal calls arrive as tool_call chunks with rising
+    indexes. LangChain keeps them apart (no merged arguments), the text is exactly the answer, and the
+    finish reason stays "stop". The summed message lists the internal calls in ``tool_calls``: calls
+    that were never LangChain's, which is why this mode is not the default."""
+    from langchain_core.messages import HumanMessage
+
+    chat = chat_tool_calls
     upstream.script(*internal_round())
     full = _summed(list(chat.stream("what time is it?")))
     assert full.content == "It is noon."
@@ -200,8 +238,10 @@ def node_modules() -> Path:
     return modules
 
 
-def node(daemon: DaemonProc, script: str, scenario: str) -> Any:
+def node(daemon: DaemonProc, script: str, scenario: str, tool_events: str = "") -> Any:
+    """``tool_events``: sent as X-Sorat-Tool-Events (the scripts read SORAT_TOOL_EVENTS)."""
     env = {**os.environ, "SORAT_BASE_URL": daemon.base_url, "SORAT_TOKEN": daemon.token}
+    env["SORAT_TOOL_EVENTS"] = tool_events
     out = subprocess.run(
         ["node", script, scenario], cwd=JS, env=env, capture_output=True, text=True, timeout=60
     )
@@ -211,8 +251,9 @@ def node(daemon: DaemonProc, script: str, scenario: str) -> Any:
 
 @pytest.fixture
 def js(node_modules: Path, daemon: DaemonProc) -> Callable[[str, str], Any]:
-    """``js(script, scenario)``: the scenario's JSON output, run against the module's daemon."""
-    return lambda script, scenario: node(daemon, script, scenario)
+    """``js(script, scenario, tool_events="")``: the scenario's JSON output, run against the module's
+    daemon."""
+    return lambda script, scenario, tool_events="": node(daemon, script, scenario, tool_events)
 
 
 def test_openai_node_create(js: Any, upstream: Upstream) -> None:
@@ -236,8 +277,26 @@ def test_openai_node_models_and_errors(js: Any) -> None:
 
 
 def test_openai_node_stream_with_internal_tool_rounds(js: Any, upstream: Upstream) -> None:
+    """The default tool_events = "reasoning": one reasoning_content line per internal call, no
+    delta.tool_calls at all."""
     upstream.script(*internal_round())
     chunks = js("openai_node.mjs", "stream")["chunks"]
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert "".join(d.get("content") or "" for d in deltas) == "It is noon."
+    assert not [d for d in deltas if d.get("tool_calls")]
+    lines = "".join(d.get("reasoning_content") or "" for d in deltas).splitlines()
+    assert lines == [
+        'get_current_time {"timezone":"UTC"}',
+        "get_current_time {}",
+        'get_current_time {"timezone":"Asia/Tokyo"}',
+    ]
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "stop"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] == 45
+
+
+def test_openai_node_stream_in_tool_calls_mode(js: Any, upstream: Upstream) -> None:
+    upstream.script(*internal_round())
+    chunks = js("openai_node.mjs", "stream", "tool_calls")["chunks"]
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
     assert "".join(d.get("content") or "" for d in deltas) == "It is noon."
@@ -247,10 +306,21 @@ def test_openai_node_stream_with_internal_tool_rounds(js: Any, upstream: Upstrea
 
 
 def test_openai_node_stream_helper(js: Any, upstream: Upstream) -> None:
-    """``client.chat.completions.stream()`` accumulates the deltas: the final completion has the text,
-    finish_reason "stop", and the internal calls, each whole."""
+    """``client.chat.completions.stream()`` accumulates the deltas: with the default tool_events the
+    final completion is the text and finish_reason "stop", no tool calls."""
     upstream.script(*internal_round())
     r = js("openai_node.mjs", "stream_helper")
+    choice = r["final"]["choices"][0]
+    assert choice["finish_reason"] == "stop"
+    assert choice["message"]["content"] == r["content"] == r["finalContent"] == "It is noon."
+    assert not choice["message"].get("tool_calls") and r["toolEvents"] == []
+
+
+def test_openai_node_stream_helper_in_tool_calls_mode(js: Any, upstream: Upstream) -> None:
+    """Opted into tool_events = "tool_calls": the final completion has the text, finish_reason "stop",
+    and the internal calls, each whole."""
+    upstream.script(*internal_round())
+    r = js("openai_node.mjs", "stream_helper", "tool_calls")
     choice = r["final"]["choices"][0]
     assert choice["finish_reason"] == "stop"
     assert choice["message"]["content"] == r["content"] == r["finalContent"] == "It is noon."
@@ -290,11 +360,25 @@ def test_ai_sdk_generate_text(js: Any, upstream: Upstream) -> None:
 
 
 def test_ai_sdk_stream_text_with_internal_tool_rounds(js: Any, upstream: Upstream) -> None:
-    """streamText without tools: the text and finish reason are right. The AI SDK reports each internal
-    call as an invalid tool call plus a ``tool-error`` part ("Model tried to call unavailable tool"),
-    without an ``error`` part and without another step: noise in fullStream, not a failure."""
+    """streamText without tools, the default tool_events: the internal calls are reasoning-delta parts,
+    and no tool-call, tool-error (NoSuchToolError) or error part appears."""
     upstream.script(*internal_round())
     r = js("ai_sdk.mjs", "stream")
+    assert r["text"] == "It is noon." and r["finishReason"] == "stop"
+    assert r["usage"]["totalTokens"] == 45 and r["toolCalls"] == []
+    types = [p["type"] for p in r["parts"]]
+    assert not {"tool-call", "tool-error", "error"} & set(types)
+    assert types.count("start-step") == 1 and types[-1] == "finish"
+    reasoning = "".join(p["text"] for p in r["parts"] if p["type"] == "reasoning-delta")
+    assert reasoning.count("get_current_time {") == 3
+
+
+def test_ai_sdk_stream_text_in_tool_calls_mode(js: Any, upstream: Upstream) -> None:
+    """Opted into tool_events = "tool_calls": the text and finish reason are right. The AI SDK reports
+    each internal call as an invalid tool call plus a ``tool-error`` part ("Model tried to call
+    unavailable tool"), without an ``error`` part and without another step: noise in fullStream."""
+    upstream.script(*internal_round())
+    r = js("ai_sdk.mjs", "stream", "tool_calls")
     assert r["text"] == "It is noon." and r["finishReason"] == "stop"
     assert "".join(p["text"] for p in r["parts"] if p["type"] == "text-delta") == "It is noon."
     assert r["usage"]["totalTokens"] == 45
@@ -509,12 +593,13 @@ def _stream_lines(c: httpx.Client, body: dict[str, Any], headers: dict[str, str]
 
 
 def test_openwebui_collects_internal_calls_whole(daemon: DaemonProc, upstream: Upstream) -> None:
-    """Every internal call carries its own index, so Open WebUI shows each whole (none dropped for a
-    missing index, none merged into another's arguments)."""
+    """tool_events = "tool_calls": every internal call carries its own index, so Open WebUI shows each
+    whole (none dropped for a missing index, none merged into another's arguments)."""
     upstream.script(*internal_round())
     ui = OpenWebUIModel()
     with daemon.client() as c:
-        calls = ui.consume(_stream_lines(c, {"model": "sorat-agent", "messages": USER, "stream": True}, {}))
+        body = {"model": "sorat-agent", "messages": USER, "stream": True}
+        calls = ui.consume(_stream_lines(c, body, TOOL_CALLS))
     assert [
         (tc["index"], tc["function"]["name"], json.loads(tc["function"]["arguments"])) for tc in calls
     ] == [
@@ -608,16 +693,15 @@ def test_openwebui_native_follow_up_keeps_the_internal_round(daemon: DaemonProc,
     assert [m["role"] for m in sent] == ["user", "assistant", "tool", "tool"]
 
 
-def test_openwebui_reasoning_mode_has_no_follow_up(daemon: DaemonProc, upstream: Upstream) -> None:
-    """With tool_events = "reasoning" (here per request) Open WebUI shows the internal calls as a
-    thinking block and makes no follow-up request: the workaround for its default mode."""
+@pytest.mark.parametrize("headers", [{}, {"X-Sorat-Tool-Events": "reasoning"}], ids=["default", "header"])
+def test_openwebui_reasoning_mode_has_no_follow_up(
+    daemon: DaemonProc, upstream: Upstream, headers: dict[str, str]
+) -> None:
+    """With tool_events = "reasoning" (the default, or per request) Open WebUI shows the internal calls
+    as a thinking block and makes no follow-up request."""
     upstream.script(*internal_round())
     ui = OpenWebUIModel()
-    ui.converse(
-        daemon,
-        {"model": "sorat-agent", "messages": USER, "stream": True},
-        **{"X-Sorat-Tool-Events": "reasoning"},
-    )
+    ui.converse(daemon, {"model": "sorat-agent", "messages": USER, "stream": True}, **headers)
     assert ui.rounds == [[]]
     assert [
         b["content"].count("get_current_time {") for b in ui.content_blocks if b["type"] == "reasoning"
@@ -634,7 +718,7 @@ def test_openwebui_reasoning_mode_has_no_follow_up(daemon: DaemonProc, upstream:
 def test_openwebui_default_mode_follow_up_after_internal_calls(
     daemon: DaemonProc, upstream: Upstream
 ) -> None:
-    """Open WebUI's default mode (it declares no tools) with sorat's default tool_events = "tool_calls":
+    """Open WebUI's default mode (it declares no tools) with tool_events = "tool_calls" (opted in):
     Open WebUI collects the internal calls from the stream and, as it does for any collected call,
     "runs" them (unknown tools: result "") and sends a follow-up request carrying the calls and those
     empty results. That follow-up must not break the conversation the provider sees: a strict provider
@@ -642,7 +726,7 @@ def test_openwebui_default_mode_follow_up_after_internal_calls(
     the echoed internal calls and their results and answers without calling the model again."""
     upstream.script(*internal_round(), text("Second answer."))
     ui = OpenWebUIModel()
-    ui.converse(daemon, {"model": "sorat-agent", "messages": USER, "stream": True})
+    ui.converse(daemon, {"model": "sorat-agent", "messages": USER, "stream": True}, **TOOL_CALLS)
     assert len(ui.rounds[0]) == 3  # the internal calls, as Open WebUI collected them
     for body in upstream.requests:
         assert_valid_conversation(body["messages"])

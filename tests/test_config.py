@@ -17,7 +17,8 @@ def parse(text: str, env: dict[str, str] | None = None) -> config.Settings:
 def test_absent_file_gives_defaults_and_the_ollama_probe(tmp_path: Path) -> None:
     s = config.load(tmp_path / "missing.toml", env={})
     assert s.server.host == "127.0.0.1" and s.server.port == 8080
-    assert s.agent.model == "gpt-4o" and s.agent.max_iterations == 30 and s.agent.tool_events == "tool_calls"
+    assert s.agent.model == "gpt-4o" and s.agent.max_iterations == 30 and s.agent.tool_events == "reasoning"
+    assert s.agent.tools_with_client_tools == ("web", "memory", "clock", "mcp")
     assert [(p.name, p.base_url, p.probe) for p in s.providers] == [("ollama", config.OLLAMA_URL, True)]
 
 
@@ -49,6 +50,13 @@ def test_providers_and_api_key_env() -> None:
         ("[agent]\ntool_events = 'all'", "agent.tool_events", "must be one of"),
         ("[agent]\nmax_iterations = -1", "agent.max_iterations", "0 or more"),
         ("[agent]\nmodel = ''", "agent.model", "must not be empty"),
+        ("[agent]\ntools_with_client_tools = 'web'", "agent.tools_with_client_tools", "must be a list"),
+        ("[agent]\ntools_with_client_tools = [1]", "agent.tools_with_client_tools", "list of strings"),
+        (
+            "[agent]\ntools_with_client_tools = ['shell']",
+            "agent.tools_with_client_tools",
+            "unknown family 'shell'",
+        ),
         ("[[providers]]\nname = 'a'", "providers[0].base_url", "is required"),
         ("[[providers]]\nname = 'a'\nbase_url = 'ftp://x'", "providers[0].base_url", "http://"),
         ("[server]\nallowed_origins = [1]", "server.allowed_origins", "list of strings"),
@@ -65,6 +73,18 @@ def test_errors_name_file_key_and_problem(text: str, key: str | None, problem: s
     if key:
         assert f": {key}: " in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("mode", config.TOOL_EVENTS)
+def test_tool_events_modes(mode: str) -> None:
+    assert parse(f"[agent]\ntool_events = '{mode}'").agent.tool_events == mode
+
+
+def test_tools_with_client_tools() -> None:
+    """Any of the families, in any order; none at all leaves the client's tools alone."""
+    agent = parse("[agent]\ntools_with_client_tools = ['files', 'run_command']").agent
+    assert agent.tools_with_client_tools == ("files", "run_command")
+    assert parse("[agent]\ntools_with_client_tools = []").agent.tools_with_client_tools == ()
 
 
 def test_unknown_key_warns_once_naming_it(caplog: pytest.LogCaptureFixture) -> None:

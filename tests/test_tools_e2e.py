@@ -39,9 +39,10 @@ def poll(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
-def make_home(home: Path, upstream: Upstream, tools_toml: str | None) -> dict[str, str]:
-    """config.toml with two providers (a literal key, and one from ``CFG_KEY_ENV``); the daemon's env."""
-    write_config(home, upstream.base_url)
+def make_home(home: Path, upstream: Upstream, tools_toml: str | None, agent: str = "") -> dict[str, str]:
+    """config.toml with two providers (a literal key, and one from ``CFG_KEY_ENV``) and ``agent`` lines
+    in [agent]; the daemon's env."""
+    write_config(home, upstream.base_url, agent=agent)
     with open(home / "config.toml", "a", encoding="utf-8") as f:
         f.write(
             f'\n[[providers]]\nname = "second"\nbase_url = "{upstream.base_url}"\n'
@@ -52,8 +53,8 @@ def make_home(home: Path, upstream: Upstream, tools_toml: str | None) -> dict[st
     return clean_env(home, OPENAI_API_KEY=ENV_KEY, **{CFG_KEY_ENV: CFG_KEY})
 
 
-def start(home: Path, upstream: Upstream, tools_toml: str | None = None) -> DaemonProc:
-    return DaemonProc(home, make_home(home, upstream, tools_toml)).start()
+def start(home: Path, upstream: Upstream, tools_toml: str | None = None, agent: str = "") -> DaemonProc:
+    return DaemonProc(home, make_home(home, upstream, tools_toml, agent)).start()
 
 
 def chat(d: DaemonProc, **body: Any) -> httpx.Response:
@@ -85,11 +86,21 @@ def error_of(result: str) -> str:
     return str(data["error"])
 
 
-def offered(d: DaemonProc, upstream: Upstream) -> list[str]:
-    """The tool names the model is offered on a new request."""
-    r = chat(d)
+def offered(d: DaemonProc, upstream: Upstream, **body: Any) -> list[str]:
+    """The tool names the model is offered on a new request (``body``: more of the request)."""
+    r = chat(d, **body)
     assert r.status_code == 200, r.text
     return [t["function"]["name"] for t in upstream.requests[-1].get("tools") or []]
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
 
 
 def procs_with_arg(arg: str) -> list[int]:
@@ -405,7 +416,9 @@ def test_a_client_leaving_kills_the_running_command(home: Path, upstream: Upstre
 
 
 def test_mcp_server_added_and_removed_while_running(home: Path, upstream: Upstream) -> None:
-    d = start(home, upstream)  # the first start writes the commented template
+    """Also [agent] tools_with_client_tools: here the MCP server's tools and the clock beside a client's."""
+    families = 'tools_with_client_tools = ["mcp", "clock"]'
+    d = start(home, upstream, agent=families)  # the first start writes the commented template
     file = home / "tools.toml"
     try:
         template = file.read_text(encoding="utf-8")
@@ -420,6 +433,9 @@ def test_mcp_server_added_and_removed_while_running(home: Path, upstream: Upstre
         poll(lambda: "fx__add" in offered(d, upstream), 20, "the MCP server's tools are offered")
         names = offered(d, upstream)
         assert {"fx__add", "fx__pid", "fx__echo_env", "run_command"} <= set(names)
+        beside = offered(d, upstream, tools=[WEATHER])
+        mcp = [n for n in names if n.startswith("fx__")]
+        assert beside == ["get_current_time", "get_system_info", *mcp, "get_weather"]
 
         total, pid, key, cfg_key, failed = run_tools(
             d,
@@ -487,10 +503,56 @@ def test_bad_arguments_give_the_model_errors(
     assert not (allowlisted.home / "workspace" / "a.txt").exists()
 
 
+def stream_deltas(r: httpx.Response) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A stream's chunks (``[DONE]`` checked and left out) and the deltas of those with a choice."""
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    frames = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
+    assert frames[-1] == "[DONE]"
+    chunks = [json.loads(f) for f in frames[:-1]]
+    return chunks, [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+
+
+def test_a_run_command_round_streams_as_reasoning_by_default(
+    allowlisted: DaemonProc, upstream: Upstream
+) -> None:
+    """The default tool_events = "reasoning": the internal call is one line of reasoning_content, never a
+    tool call a client would try to run; the text after the tool round follows a blank line."""
+    reply = tool_calls([("run_command", {"command": "pwd"})], content="Let me look.")
+    upstream.script(reply, text("You are in the workspace.", chunks=3))
+    chunks, deltas = stream_deltas(chat(allowlisted, stream=True))
+    assert not [d for d in deltas if "tool_calls" in d]
+    assert "".join(d.get("reasoning_content") or "" for d in deltas) == 'run_command {"command":"pwd"}\n'
+    assert "".join(d.get("content") or "" for d in deltas) == "Let me look.\n\nYou are in the workspace."
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "stop"
+    (result,) = results_of(upstream.requests[-1], reply)
+    assert json.loads(result)["stdout"].strip().endswith("workspace")
+
+
+def test_client_tools_come_with_the_default_families_only(
+    allowlisted: DaemonProc, upstream: Upstream
+) -> None:
+    """A client that declares tools gets web, memory and clock beside them, not the workspace tools
+    (files, run_command) that would shadow its own; without tools of its own, every enabled tool."""
+    upstream.script(text("no tools for this"))
+    beside = offered(allowlisted, upstream, tools=[WEATHER])
+    assert beside == [
+        "get_current_time", "get_system_info", "web_search", "read_webpage", "remember", "recall_memory",
+        "get_weather",
+    ]  # fmt: skip
+    alone = offered(allowlisted, upstream)
+    assert {"run_command", "show_allowed_commands", "read_file", "write_file"} <= set(alone)
+
+
 def test_a_run_command_round_streams(allowlisted: DaemonProc, upstream: Upstream) -> None:
+    """tool_events = "tool_calls" (opted into per request): the call is a delta.tool_calls entry."""
     reply = tool_calls([("run_command", {"command": "pwd"})])
     upstream.script(reply, text("You are in the workspace.", chunks=3))
-    r = chat(allowlisted, stream=True)
+    with allowlisted.client() as c:
+        r = c.post(
+            "/v1/chat/completions",
+            json={"messages": USER, "stream": True},
+            headers={"X-Sorat-Tool-Events": "tool_calls"},
+        )
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
     frames = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
     assert frames[-1] == "[DONE]"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from sorat_daemon import config
 from sorat_daemon.paths import Home
 from sorat_daemon.state import StateHub
 from sorat_daemon.tools.manager import ToolManager, builtin_tools
@@ -175,6 +176,21 @@ def test_builtin_tools_follow_the_settings() -> None:
         memory_enabled=False,
     )
     assert [t.name for t in builtin_tools(off)] == ["get_current_time", "get_system_info"]
+
+
+def test_builtin_tools_carry_their_family() -> None:
+    """Each built-in tool names its family, and the families are the ones [agent]
+    tools_with_client_tools accepts (MCP servers' tools are the last one)."""
+    families = {t.name: t.family for t in builtin_tools(ToolSettings())}
+    assert families == {
+        "get_current_time": "clock", "get_system_info": "clock",
+        "run_command": "run_command", "show_allowed_commands": "run_command",
+        "read_file": "files", "write_file": "files", "list_dir": "files", "create_dir": "files",
+        "delete_file": "files",
+        "web_search": "web", "read_webpage": "web",
+        "remember": "memory", "recall_memory": "memory",
+    }  # fmt: skip
+    assert {*families.values(), "mcp"} == set(config.TOOL_FAMILIES)
 
 
 # --- the manager -------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -105,6 +106,17 @@ def test_toolset_specs_names_contains() -> None:
     assert ts.specs() is ts.specs()  # computed once
     with pytest.raises(ValueError):
         Toolset([greet, greet])
+
+
+def test_toolset_only_keeps_the_named_families() -> None:
+    ts = Toolset(
+        [replace(greet, family="web"), replace(pick_fn, family="files"), replace(whoami, family="mcp")]
+    )
+    web_mcp = ts.only(("web", "mcp"))
+    assert web_mcp.names() == ["greet", "whoami"]
+    assert ts.only(("web", "mcp")) is web_mcp  # made once per snapshot
+    assert ts.only(()).names() == [] and len(ts) == 3
+    assert Toolset([greet]).only(("web",)).names() == []  # a tool of no family is in none
 
 
 async def test_call_happy_paths(ctx: ToolContext) -> None:

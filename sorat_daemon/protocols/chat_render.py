@@ -17,7 +17,7 @@ class ChatRenderer:
     """One response: internal tool calls shown per ``mode`` (``tool_calls`` indices rise across the whole
     response), the client's own calls returned at the end."""
 
-    __slots__ = ("_w", "_mode", "_usage", "_index", "_model")
+    __slots__ = ("_w", "_mode", "_usage", "_index", "_model", "_round")
 
     def __init__(self, model: str, mode: str, include_usage: bool) -> None:
         self._w = wire.ChunkWriter(wire.new_id(), int(time.time()), model)
@@ -25,6 +25,7 @@ class ChatRenderer:
         self._mode = mode
         self._usage = include_usage
         self._index = 0
+        self._round = -1  # the round of the last text sent
 
     def begin(self) -> bytes:
         return self._w.role()
@@ -32,6 +33,11 @@ class ChatRenderer:
     def event(self, ev: agent.Event) -> bytes:
         w = self._w
         if isinstance(ev, agent.Text):
+            if ev.round != self._round:  # a later round's text follows a blank line, as in whole answers
+                first = self._round < 0
+                self._round = ev.round
+                if not first:
+                    return w.content(agent.ROUND_SEPARATOR + ev.text)
             return w.content(ev.text)
         if isinstance(ev, agent.Reasoning):
             return w.reasoning(ev.text)

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Collection
+from dataclasses import replace
 from pathlib import Path
 
 from sorat_daemon.paths import Home
@@ -34,15 +35,16 @@ _RETRY_WATCH_S = 2.0
 
 
 def builtin_tools(settings: ToolSettings, *, secret_env_names: Collection[str] = ()) -> list[Tool]:
-    """The built-in tools these settings enable, in the order they are offered."""
-    tools: list[Tool] = list(clock.TOOLS)
-    tools += shell.make_tools(settings.run_command, secret_env_names=secret_env_names)
-    if settings.files_enabled:
-        tools += files.make_tools()
-    tools += web.make_tools(settings.web)
-    if settings.memory_enabled:
-        tools += memory.make_tools()
-    return tools
+    """The built-in tools these settings enable, in the order they are offered, each tagged with its
+    family (what ``[agent] tools_with_client_tools`` names)."""
+    families: list[tuple[str, list[Tool]]] = [
+        ("clock", list(clock.TOOLS)),
+        ("run_command", shell.make_tools(settings.run_command, secret_env_names=secret_env_names)),
+        ("files", files.make_tools() if settings.files_enabled else []),
+        ("web", web.make_tools(settings.web)),
+        ("memory", memory.make_tools() if settings.memory_enabled else []),
+    ]
+    return [replace(t, family=family) for family, tools in families for t in tools]
 
 
 class ToolManager:

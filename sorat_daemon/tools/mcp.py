@@ -218,6 +218,7 @@ class McpServer:
                     parameters=_schema(t.input_schema),
                     fn=self._caller(t.name),
                     timeout_s=self.settings.timeout_s + 5,
+                    family="mcp",
                 )
             )
         return tuple(tools)

@@ -50,6 +50,7 @@ class Tool:
     fn: Callable[..., Any]  # sync (runs in a thread) or async
     timeout_s: float | None = DEFAULT_TIMEOUT_S
     takes_ctx: bool = field(default=False, compare=False)
+    family: str = field(default="", compare=False)  # config.TOOL_FAMILIES: what [agent] settings name
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the function itself (no checks, no timeout): for Python callers and tests."""
@@ -329,7 +330,7 @@ def _shorten(value: object, limit: int = _LOG_ARGS_CHARS) -> str:
 class Toolset:
     """An immutable snapshot of the tools offered; one per tools.toml version (plus MCP state)."""
 
-    __slots__ = ("_tools", "_specs")
+    __slots__ = ("_tools", "_specs", "_subsets")
 
     def __init__(self, tools: Iterable[Tool] = ()) -> None:
         by_name: dict[str, Tool] = {}
@@ -339,6 +340,14 @@ class Toolset:
             by_name[t.name] = t
         self._tools: Mapping[str, Tool] = types.MappingProxyType(by_name)
         self._specs = [t.spec() for t in by_name.values()]
+        self._subsets: dict[tuple[str, ...], Toolset] = {}
+
+    def only(self, families: tuple[str, ...]) -> Toolset:
+        """The tools of these families (made once per snapshot: requests ask for the same few sets)."""
+        subset = self._subsets.get(families)
+        if subset is None:
+            subset = self._subsets[families] = Toolset(t for t in self if t.family in families)
+        return subset
 
     def specs(self) -> list[dict[str, Any]]:
         """The OpenAI ``tools`` entries (shared; do not mutate)."""

@@ -1,15 +1,18 @@
 // The Vercel AI SDK (`ai` + @ai-sdk/openai-compatible) against sorat, unchanged:
-// `node ai_sdk.mjs SCENARIO` with SORAT_BASE_URL (…/v1) and SORAT_TOKEN in the environment.
+// `node ai_sdk.mjs SCENARIO` with SORAT_BASE_URL (…/v1) and SORAT_TOKEN in the environment
+// (SORAT_TOOL_EVENTS, if set, goes out as X-Sorat-Tool-Events).
 // Prints one JSON object on stdout; tests/test_clients.py asserts on it.
 import { createOpenAICompatible } from "@ai-sdk/openai-compatible";
 import { generateText, stepCountIs, streamText, tool } from "ai";
 import { z } from "zod";
 
+const toolEvents = process.env.SORAT_TOOL_EVENTS;
 const sorat = createOpenAICompatible({
   name: "sorat",
   baseURL: process.env.SORAT_BASE_URL,
   apiKey: process.env.SORAT_TOKEN,
   includeUsage: true,
+  headers: toolEvents ? { "X-Sorat-Tool-Events": toolEvents } : {},
 });
 const model = sorat.chatModel("sorat-agent");
 const common = { model, prompt: "hi", maxRetries: 0 };
@@ -53,7 +56,7 @@ const scenarios = {
     return { text: r.text, finishReason: r.finishReason, usage: r.usage, modelId: r.response.modelId };
   },
 
-  // a streamed answer whose agent run made internal tool calls (shown as delta.tool_calls)
+  // a streamed answer whose agent run made internal tool calls (per tool_events)
   async stream() {
     const r = streamText({ ...common, onError: () => {} });
     const parts = [];

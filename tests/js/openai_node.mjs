@@ -1,12 +1,15 @@
 // openai-node against sorat, unchanged: `node openai_node.mjs SCENARIO` with SORAT_BASE_URL (…/v1) and
-// SORAT_TOKEN in the environment. Prints one JSON object on stdout; tests/test_clients.py asserts on it.
+// SORAT_TOKEN in the environment (SORAT_TOOL_EVENTS, if set, goes out as X-Sorat-Tool-Events).
+// Prints one JSON object on stdout; tests/test_clients.py asserts on it.
 import OpenAI from "openai";
 
+const toolEvents = process.env.SORAT_TOOL_EVENTS;
 const client = new OpenAI({
   baseURL: process.env.SORAT_BASE_URL,
   apiKey: process.env.SORAT_TOKEN,
   maxRetries: 0,
   timeout: 20_000,
+  defaultHeaders: toolEvents ? { "X-Sorat-Tool-Events": toolEvents } : {},
 });
 const messages = [{ role: "user", content: "hi" }];
 const weather = {
