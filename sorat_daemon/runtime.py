@@ -28,8 +28,8 @@ class Runtime:
 
     def __init__(self, home: Home, settings: config.Settings, state: StateHub) -> None:
         from sorat_daemon.providers import ProviderPool
-        from sorat_daemon.response_store import ResponseStore
         from sorat_daemon.sessions import SessionStore
+        from sorat_daemon.sessions.responses import ResponseStore
         from sorat_daemon.titles import Activity, TitleWorker
         from sorat_daemon.tools.manager import ToolManager
 

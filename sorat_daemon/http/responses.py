@@ -24,11 +24,10 @@ from sorat_daemon.http.endpoint import Head, TurnEndpoint
 from sorat_daemon.protocols import responses_in, responses_out
 from sorat_daemon.protocols.responses_in import ResponsesRequest
 from sorat_daemon.protocols.responses_items import with_system
-from sorat_daemon.response_store import ResponseRecord
 from sorat_daemon.sessions import valid_session_id
+from sorat_daemon.sessions.responses import ResponseRecord
 from sorat_daemon.turn import Pipeline, Run, TurnRequest
 from sorat_daemon.types import JSON, Message
-from sorat_daemon.wire import text_of
 
 if TYPE_CHECKING:
     from sorat_daemon.http.guard import Guard
@@ -41,13 +40,9 @@ log = logging.getLogger("sorat.server")
 def continued(
     history: list[Message], system: list[str], messages: list[Message]
 ) -> tuple[list[str], list[Message]]:
-    """A stored conversation with a request's own instructions and new messages after it. Without
-    instructions of its own, the request keeps the stored ones (the session continues under them)."""
+    """A stored visible conversation with a request's instructions and new messages after it. Without
+    instructions of its own, the request keeps the session's (the store puts them in front)."""
     rest = [m for m in history if m.get("role") not in ("system", "developer")]
-    if not system:
-        system = [
-            t for m in history if m.get("role") in ("system", "developer") if (t := text_of(m.get("content")))
-        ]
     return system, rest + messages
 
 

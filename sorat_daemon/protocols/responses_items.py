@@ -2,9 +2,10 @@
 
 The assistant side of a turn, however many items a client echoes for it (the message of each model
 round, ``function_call`` items, sorat's own ``reasoning`` and ``mcp_call`` items between them), becomes
-one assistant message, as the session stored it: a client that resends everything every turn (Codex)
-then matches its session exactly, and nothing is stored twice. ``system`` and ``developer`` messages,
-wherever they stand, are collected apart: the request's instructions, not conversation. Unknown item
+one assistant message, its rounds' texts apart by ``agent.ROUND_SEPARATOR``, as the session stored it:
+a client that resends everything every turn (Codex) then matches its session exactly, and nothing is
+stored twice. ``system`` and ``developer`` messages, wherever they stand, are collected apart: the
+request's instructions, not conversation. Unknown item
 types are skipped, never a 400 (Ollama's "unknown input item type" broke clients); a known item that is
 malformed is a 400 naming it.
 
@@ -20,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from sorat_daemon.agent import ROUND_SEPARATOR
 from sorat_daemon.errors import RequestError
 from sorat_daemon.types import JSON, Message
 
@@ -164,8 +166,8 @@ class _Items:
     def flush(self) -> None:
         a = self.assistant
         if a is not None:
-            if self.said:
-                a["content"] = "".join(self.said)
+            if self.said:  # one message item per model round, as the session joined them
+                a["content"] = ROUND_SEPARATOR.join(self.said)
                 self.said = []
             self.messages.append(a)
             self.assistant = None

@@ -5,7 +5,7 @@ after a restart.
 
 One SQLite file beside the sessions, ``sessions/.responses.sqlite3`` (WAL, ``synchronous=NORMAL``: a
 killed process loses nothing committed, an OS crash at most the last transactions, and neither leaves
-the file unreadable; the session store leaves dot-files alone)::
+the file unreadable; the session store's own files and index leave dot-files alone)::
 
     responses(id TEXT PRIMARY KEY, session TEXT, position INTEGER, created_at REAL,
               body BLOB,    -- the Response object's JSON, only with store: true

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sorat_daemon.response_store import FILE, ResponseRecord, ResponseStore
+from sorat_daemon.sessions.responses import FILE, ResponseRecord, ResponseStore
 
 
 async def test_records_are_found_at_once_and_after_a_restart(tmp_path: Path) -> None:
