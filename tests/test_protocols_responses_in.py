@@ -110,7 +110,7 @@ def test_an_echoed_turn_is_one_assistant_message() -> None:
     input_ = [
         user("do it"),
         {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "hmm"}]},
-        said("Let me look. ", id="msg_1"),
+        said("Let me look.", id="msg_1"),
         {"type": "mcp_call", "id": "mcp_1", "server_label": "sorat", "name": "get_current_time"},
         {"type": "reasoning", "id": "rs_2", "summary": [], "encrypted_content": None},
         said("Now the shell.", id="msg_2"),
@@ -130,7 +130,7 @@ def test_an_echoed_turn_is_one_assistant_message() -> None:
         {"role": "user", "content": "do it"},
         {
             "role": "assistant",
-            "content": "Let me look. Now the shell.",
+            "content": "Let me look.\n\nNow the shell.",  # rounds apart, as the session joined them
             "tool_calls": [
                 call("call_1", "exec_command", '{"cmd":"ls"}'),
                 call("call_2", "multi_agent_v1__spawn_agent", "{}"),
