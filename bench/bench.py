@@ -39,28 +39,30 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import bench_codex  # noqa: E402
+
 from tests.upstream import Upstream, text, tool_calls  # noqa: E402
 
 ANSWER = "The quick brown fox jumps over the lazy dog and keeps on running far away."
-FIRST_CONTENT = b'"content":"'
+FIRST_CONTENT = {"chat": b'"content":"', "responses": b'"delta":"'}  # the first text, per protocol
 
 
 # -- load generators (each in its own process) -------------------------------------------------------
 
 
-def _first_token_at(buf: bytes) -> bool:
-    """A chunk with non-empty content has arrived."""
-    i = buf.find(FIRST_CONTENT)
+def _first_token_at(buf: bytes, marker: bytes) -> bool:
+    """A chunk with non-empty content (chat) or a text delta (responses) has arrived."""
+    i = buf.find(marker)
     while i != -1:
-        j = i + len(FIRST_CONTENT)
+        j = i + len(marker)
         if j < len(buf) and buf[j : j + 1] != b'"':
             return True
-        i = buf.find(FIRST_CONTENT, j)
+        i = buf.find(marker, j)
     return False
 
 
 async def _one(
-    session: Any, url: str, headers: dict[str, str], body: bytes, stream: bool
+    session: Any, url: str, headers: dict[str, str], body: bytes, stream: bool, marker: bytes
 ) -> tuple[float, float, int]:
     """(time to first content, total time, chunks) of one request."""
     t0 = time.perf_counter()
@@ -76,7 +78,7 @@ async def _one(
         tail = b""
         async for data in resp.content.iter_any():
             if not first:
-                if _first_token_at(tail + data):
+                if _first_token_at(tail + data, marker):
                     first = time.perf_counter() - t0
                 tail = data[-32:]
             chunks += data.count(b"data: ")
@@ -90,7 +92,14 @@ def _worker(conn: Any, job: dict[str, Any]) -> None:
         uvloop.install()
     except ImportError:
         pass
-    conn.send(asyncio.run(_job(job)))
+    kind = job.get("kind")
+    if kind == "codex":
+        result = asyncio.run(bench_codex.conversation(job))
+    elif kind == "replay":
+        result = asyncio.run(bench_codex.replay(job))
+    else:
+        result = asyncio.run(_job(job))
+    conn.send(result)
     conn.close()
 
 
@@ -101,7 +110,10 @@ async def _job(job: dict[str, Any]) -> dict[str, Any]:
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    body_obj: dict[str, Any] = {"model": job.get("model", "gpt-4o"), "stream": stream}
+    body_obj: dict[str, Any] = {"model": job.get("model", "gpt-4o"), "stream": stream, **job.get("extra", {})}
+    protocol = job.get("protocol", "chat")
+    field = "input" if protocol == "responses" else "messages"  # the same user message either way
+    marker = FIRST_CONTENT[protocol]
     conc = job.get("concurrency", 1)
     connector = aiohttp.TCPConnector(limit=conc, force_close=False)
     timeout = aiohttp.ClientTimeout(total=600)
@@ -112,16 +124,17 @@ async def _job(job: dict[str, Any]) -> dict[str, Any]:
 
         async def loop() -> None:
             for i in counter:
-                body_obj["messages"] = [{"role": "user", "content": f"request {i} {job.get('tag', '')}"}]
+                body_obj[field] = [{"role": "user", "content": f"request {i} {job.get('tag', '')}"}]
                 try:
-                    results.append(await _one(session, url, headers, json.dumps(body_obj).encode(), stream))
+                    data = json.dumps(body_obj).encode()
+                    results.append(await _one(session, url, headers, data, stream, marker))
                 except Exception as e:  # counted, reported
                     errors.append(str(e)[:200])
 
         # a few unmeasured requests warm the connection pool and the daemon's caches
         for _ in range(min(job.get("warmup", 0), job["count"])):
-            body_obj["messages"] = [{"role": "user", "content": "warm-up"}]
-            await _one(session, url, headers, json.dumps(body_obj).encode(), stream)
+            body_obj[field] = [{"role": "user", "content": "warm-up"}]
+            await _one(session, url, headers, json.dumps(body_obj).encode(), stream, marker)
         t0 = time.perf_counter()
         await asyncio.gather(*(loop() for _ in range(conc)))
         wall = time.perf_counter() - t0
@@ -276,9 +289,9 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
 
 
-def latency(url: str, token: str | None, n: int) -> dict[str, float]:
-    whole = run_job(url=url, token=token, stream=False, count=n, warmup=20)
-    streamed = run_job(url=url, token=token, stream=True, count=n, warmup=20)
+def latency(url: str, token: str | None, n: int, protocol: str = "chat") -> dict[str, float]:
+    whole = run_job(url=url, token=token, stream=False, count=n, warmup=20, protocol=protocol)
+    streamed = run_job(url=url, token=token, stream=True, count=n, warmup=20, protocol=protocol)
     w = [r[1] * 1000 for r in whole["results"]]
     f = [r[0] * 1000 for r in streamed["results"]]
     return {
@@ -296,14 +309,28 @@ def cpu_seconds(pid: int) -> float:
 
 
 def load(
-    url: str, token: str | None, n: int, concurrency: int = 32, pid: int | None = None
+    url: str,
+    token: str | None,
+    n: int,
+    concurrency: int = 32,
+    pid: int | None = None,
+    protocol: str = "chat",
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """Streamed requests at ``concurrency``; with ``pid``, also that process' CPU time per request, a
     figure that a busy machine disturbs much less than a rate."""
     before = cpu_seconds(pid) if pid else 0.0
     warmup = 50
     out = run_job(
-        url=url, token=token, stream=True, count=n, concurrency=concurrency, warmup=warmup, tag="load"
+        url=url,
+        token=token,
+        stream=True,
+        count=n,
+        concurrency=concurrency,
+        warmup=warmup,
+        tag="load",
+        protocol=protocol,
+        extra=extra or {},
     )
     result = {"req_per_s": len(out["results"]) / out["wall"], "errors": len(out["errors"])}
     if pid:
@@ -434,12 +461,25 @@ def main() -> int:
         "--litellm", default=os.environ.get("LITELLM_BIN"), help="LiteLLM's proxy binary, if installed"
     )
     ap.add_argument("--skip-store", action="store_true", help="leave out the session store figures")
+    ap.add_argument(
+        "--responses",
+        action="store_true",
+        help="only /v1/responses beside /v1/chat/completions (latency, load; alternated) and the Codex rows",
+    )
     args = ap.parse_args()
     n_lat = 200 if args.quick else 1000
     n_load = 1000 if args.quick else 4000
     chunks = 5000
 
     results: dict[str, Any] = {}
+    if args.responses:
+        with Upstream(models=["gpt-4o"]) as up:
+            up.default = text(ANSWER, chunks=16)
+            results = responses_figures(up, n_lat, n_load)
+        report_responses(results)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+        return 0
     with Upstream(models=["gpt-4o"]) as up:
         up.default = text(ANSWER, chunks=16)
         direct = up.base_url + "/chat/completions"
@@ -450,14 +490,17 @@ def main() -> int:
         s = Sorat(up.base_url)
         s.start()
         api = s.url + "/v1/chat/completions"
+        responses_api = s.url + "/v1/responses"
         try:
             results["latency"] = {
                 "upstream": latency(direct, None, n_lat),
                 "sorat": latency(api, s.token, n_lat),
+                "sorat_responses": latency(responses_api, s.token, n_lat, protocol="responses"),
             }
             results["load_c32"] = {
                 "upstream": load(direct, None, n_load),
                 "sorat": load(api, s.token, n_load, pid=s.proc.pid),
+                "sorat_responses": load(responses_api, s.token, n_load, pid=s.proc.pid, protocol="responses"),
             }
             results["titles_after_load"] = wait_titles(s)
             results["relay"] = {
@@ -468,6 +511,7 @@ def main() -> int:
                 up, api, s.token, rounds=5, reps=5 if args.quick else 15
             )
             assert s.proc is not None
+            results["codex"] = bench_codex.added_per_request(up, responses_api, s.token, s.proc.pid, run_job)
             results["rss_after_mb"] = rss_mb(s.proc.pid)
         finally:
             s.cleanup()
@@ -491,6 +535,67 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
+
+
+def responses_figures(up: Upstream, n_lat: int, n_load: int, rounds: int = 2) -> dict[str, Any]:
+    """Chat and responses measured in turns (``rounds`` each, averaged: a machine's drift hits both),
+    then the Codex conversation; one daemon."""
+    direct = up.base_url + "/chat/completions"
+    s = Sorat(up.base_url)
+    s.start()
+    assert s.proc is not None
+    urls = {"sorat": s.url + "/v1/chat/completions", "sorat_responses": s.url + "/v1/responses"}
+    protocols = {"sorat": "chat", "sorat_responses": "responses"}
+    lat: dict[str, list[dict[str, float]]] = {"upstream": [], "sorat": [], "sorat_responses": []}
+    ld: dict[str, list[dict[str, float]]] = {"upstream": [], "sorat": [], "sorat_responses": []}
+    try:
+        for _ in range(rounds):
+            lat["upstream"].append(latency(direct, None, n_lat))
+            ld["upstream"].append(load(direct, None, n_load))
+            for name, url in urls.items():
+                lat[name].append(latency(url, s.token, n_lat, protocol=protocols[name]))
+                ld[name].append(load(url, s.token, n_load, pid=s.proc.pid, protocol=protocols[name]))
+        codex = bench_codex.added_per_request(up, urls["sorat_responses"], s.token, s.proc.pid, run_job)
+    finally:
+        s.cleanup()
+
+    def mean(runs: list[dict[str, float]]) -> dict[str, float]:
+        return {k: statistics.fmean(r[k] for r in runs) for k in runs[0]}
+
+    return {
+        "latency": {k: mean(v) for k, v in lat.items()},
+        "load_c32": {k: mean(v) for k, v in ld.items()},
+        "codex": codex,
+    }
+
+
+def report_responses(r: dict[str, Any]) -> None:
+    lat, load_ = r["latency"], r["load_c32"]
+    up = lat["upstream"]
+    print(f"{'':34}{'chat':>12}{'responses':>12}{'ratio':>8}")
+    rows = (
+        ("first_token_p50_ms", "added first token p50 (ms)"),
+        ("first_token_p99_ms", "added first token p99 (ms)"),
+        ("whole_p50_ms", "added whole answer p50 (ms)"),
+    )
+    for key, name in rows:
+        a, b = lat["sorat"][key] - up[key], lat["sorat_responses"][key] - up[key]
+        print(f"{name:34}{a:12.2f}{b:12.2f}{b / a if a else float('nan'):8.2f}")
+    a, b = load_["sorat"]["req_per_s"], load_["sorat_responses"]["req_per_s"]
+    alone = load_["upstream"]["req_per_s"]
+    print(f"{'streamed req/s at c32':34}{a:12.1f}{b:12.1f}{b / a:8.2f}   (upstream alone {alone:.0f})")
+    a, b = load_["sorat"]["cpu_ms_per_request"], load_["sorat_responses"]["cpu_ms_per_request"]
+    print(f"{'sorat CPU per request at c32 (ms)':34}{a:12.2f}{b:12.2f}{b / a:8.2f}")
+    errors = sum(lat[k]["errors"] + load_[k]["errors"] for k in ("sorat", "sorat_responses"))
+    print(f"errors: {errors:g}")
+    codex = r["codex"]
+    print(f"Codex-shaped conversation ({bench_codex.REQUESTS} requests, medians of {bench_codex.WINDOW}):")
+    head = f"  {'request':>8}{'body kB':>10}{'upstream ms':>13}{'sorat ms':>10}{'added ms':>10}"
+    print(head + f"{'sorat CPU ms':>14}{'(chat CPU ms)':>15}")
+    for end, w in codex["windows"].items():
+        kb, upstream_ms, sorat_ms, added = w["body_kb"], w["upstream_ms"], w["sorat_ms"], w["added_ms"]
+        cpu = f"{w['sorat_cpu_ms']:14.2f}{w['chat_cpu_ms']:15.2f}"
+        print(f"  {end:>8}{kb:10.0f}{upstream_ms:13.2f}{sorat_ms:10.2f}{added:10.2f}{cpu}")
 
 
 def report(r: dict[str, Any]) -> None:

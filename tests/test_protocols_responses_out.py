@@ -265,13 +265,14 @@ def test_rate_limit_code() -> None:
 
 
 def test_on_end_sees_the_final_response_before_its_frames() -> None:
-    seen: list[dict[str, Any]] = []
+    seen: list[bytes] = []
     r = ResponsesRenderer(Head("resp_1", 1, "m"), "reasoning", {}, seen.append)
     r.begin()
     r.event(agent.Text("hi"))
     data = r.end(done())
-    assert seen and seen[0]["status"] == "completed" and seen[0]["output"][0]["content"][0]["text"] == "hi"
-    assert frames(data)[-1]["response"] == seen[0]
+    final = orjson.loads(seen[0])
+    assert final["status"] == "completed" and final["output"][0]["content"][0]["text"] == "hi"
+    assert frames(data)[-1]["response"] == final
 
 
 def test_echoed_settings_and_ids() -> None:
@@ -310,12 +311,12 @@ async def test_whole_answer_has_every_item_in_order() -> None:
         agent.Text("Let me look it up."),
         done({"role": "assistant", "content": "Let me look it up.", "tool_calls": calls}, "tool_calls"),
     ]
-    seen: list[dict[str, Any]] = []
+    seen: list[bytes] = []
     r = ResponsesRenderer(Head("resp_1", 1, "m"), "tool_calls", {}, seen.append)
     body = orjson.loads(await r.whole(FakeRun(events)))  # type: ignore[arg-type]
     assert [i["type"] for i in body["output"]] == ["reasoning", "mcp_call", "message", "function_call"]
     assert body["status"] == "completed" and body["usage"]["total_tokens"] == 42
-    assert body["output"][3]["call_id"] == "call_9" and body == seen[0]
+    assert body["output"][3]["call_id"] == "call_9" and body == orjson.loads(seen[0])
 
 
 def test_usage_without_details_or_at_all() -> None:

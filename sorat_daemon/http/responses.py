@@ -62,21 +62,31 @@ def _no_call(call_id: str) -> RequestError:
     return RequestError(f"No tool call found for function call output with call_id {call_id}.", param="input")
 
 
-def stored_items(items: list[Any]) -> list[JSON]:
-    """The input items as ``input_items`` lists them: each an object with a ``type`` and an ``id``."""
+def input_items(response_id: str, request: bytes) -> list[JSON]:
+    """A stored response's input items, as ``input_items`` lists them, from the request that made it
+    (kept as sent: nothing is re-encoded on the request path). Each an object with a ``type`` and an
+    ``id``: the client's, else one made from the response's and the item's place, the same every time."""
+    try:
+        raw = orjson.loads(request).get("input")
+    except (orjson.JSONDecodeError, AttributeError):
+        return []
+    if isinstance(raw, str):
+        raw = [{"type": "message", "role": "user", "content": raw}]
     out = []
-    for item in items:
+    tail = response_id.removeprefix("resp_")
+    for i, item in enumerate(raw if isinstance(raw, list) else ()):
         if not isinstance(item, dict):
             continue
         item = dict(item)
         kind = item.setdefault("type", "message")
         if kind == "message" and isinstance(item.get("content"), str):
-            item["content"] = [{"type": "input_text", "text": item["content"]}]
+            part = "output_text" if item.get("role") == "assistant" else "input_text"
+            item["content"] = [{"type": part, "text": item["content"]}]
         if "id" not in item:
             prefix = {"message": "msg", "function_call_output": "fco", "function_call": "fc"}.get(
                 kind, "item"
             )
-            item["id"] = responses_out.new_id(prefix)
+            item["id"] = f"{prefix}_{tail}{i:04d}"
         out.append(item)
     return out
 
@@ -120,14 +130,10 @@ class ResponsesEndpoint(TurnEndpoint):
                 req.store,
             )
 
-            def on_end(response: JSON) -> None:
-                body = input_items = None
-                if req.store:
-                    body, input_items = orjson.dumps(response), orjson.dumps(stored_items(req.items))
+            def on_end(response: bytes) -> None:
+                stored, sent = (response, body) if req.store else (None, None)
                 position = run.visible_count
-                records.put(
-                    ResponseRecord(response_id, run.session_id, position, time.time(), body, input_items)
-                )
+                records.put(ResponseRecord(response_id, run.session_id, position, time.time(), stored, sent))
 
             return responses_out.ResponsesRenderer(h, run.tool_events, req.client_tools, on_end)
 
@@ -237,8 +243,7 @@ def register(app: Quart, rt: Runtime, json: Callable[..., Response]) -> None:
     @app.get("/v1/responses/<response_id>/input_items")
     async def list_input_items(response_id: str) -> Response:
         record = await stored(response_id)
-        items = orjson.loads(record.input or b"[]")
-        return json(page(items if isinstance(items, list) else [], request.args))
+        return json(page(input_items(response_id, record.input or b"{}"), request.args))
 
     @app.delete("/v1/responses/<response_id>")
     async def delete_response(response_id: str) -> Response:

@@ -48,7 +48,6 @@ class ResponsesRequest:
     conversation: str | None = None
     orphans: list[str] = field(default_factory=list)  # call_ids of outputs with no call in the input
     skipped_tools: list[str] = field(default_factory=list)  # hosted and unknown tool types left out
-    items: list[Any] = field(default_factory=list)  # the input items as sent (for input_items)
     echo: JSON = field(default_factory=dict)  # request settings the Response object repeats
 
     def chat_messages(self) -> list[Message]:
@@ -280,6 +279,5 @@ def parse_request(body: bytes) -> ResponsesRequest:
         conversation=conversation,
         orphans=orphans,
         skipped_tools=skipped,
-        items=items,
         echo=echo,
     )

@@ -102,21 +102,19 @@ class Head:
     store: bool = True
 
 
-def _base(h: Head) -> JSON:
+def _settings(h: Head) -> bytes:
+    """The Response object's fields that stay the same through a response, encoded once and without
+    their braces: every lifecycle event's object is its status, output and usage, then these."""
     e = h.echo
-    base: JSON = {
+    fixed: JSON = {
         "id": h.id,
         "object": "response",
         "created_at": h.created_at,
-        "status": "in_progress",
         "background": False,
-        "error": None,
-        "incomplete_details": None,
         "instructions": e.get("instructions"),
         "max_output_tokens": e.get("max_output_tokens"),
         "metadata": e.get("metadata") or {},
         "model": h.model,
-        "output": [],
         "parallel_tool_calls": e.get("parallel_tool_calls", True),
         "previous_response_id": h.previous_response_id,
         "reasoning": e.get("reasoning") or {"effort": None, "summary": None},
@@ -127,12 +125,25 @@ def _base(h: Head) -> JSON:
         "tools": e.get("tools") or [],
         "top_p": e.get("top_p", 1.0),
         "truncation": e.get("truncation", "disabled"),
-        "usage": None,
         "user": e.get("user"),
     }
     if h.conversation:
-        base["conversation"] = {"id": h.conversation}
-    return base
+        fixed["conversation"] = {"id": h.conversation}
+    return orjson.dumps(fixed)[1:-1]
+
+
+def _response(settings: bytes, status: str, output: list[JSON], usage: JSON | None, **extra: Any) -> bytes:
+    """A Response object's JSON (``extra``: ``error``, ``incomplete_details``)."""
+    head = orjson.dumps(
+        {
+            "status": status,
+            "error": extra.get("error"),
+            "incomplete_details": extra.get("incomplete_details"),
+            "output": output,
+            "usage": usage,
+        }
+    )
+    return head[:-1] + b"," + settings + b"}"
 
 
 @dataclass(slots=True)
@@ -147,6 +158,17 @@ class _Open:
     delta_head: bytes = b""  # its delta frames up to the sequence number, encoded once
 
 
+_TEXT_DONE = (
+    b'event: response.output_text.done\ndata: {"type":"response.output_text.done","sequence_number":%d,'
+)
+_PART_DONE = (
+    b'event: response.content_part.done\ndata: {"type":"response.content_part.done","sequence_number":%d,'
+)
+_ITEM_DONE = (
+    b'event: response.output_item.done\ndata: {"type":"response.output_item.done","sequence_number":%d,'
+    b'"output_index":%d,"item":'
+)
+_CREATED = b'event: response.created\ndata: {"type":"response.created","sequence_number":%d,"response":'
 _IN_PROGRESS = (
     b'event: response.in_progress\ndata: {"type":"response.in_progress","sequence_number":%d,"response":'
 )
@@ -158,18 +180,18 @@ _DELTA = {
 
 class ResponsesRenderer:
     """One response, streamed (``begin``/``event``/``end``/``fail``/``close``) or whole (``whole``).
-    ``on_end`` gets the final Response object before its last frames go out: recorded there, its id
-    resolves for a client that sends the next request at once."""
+    ``on_end`` gets the final Response object's JSON before its last frames go out: recorded there, its
+    id resolves for a client that sends the next request at once."""
 
     def __init__(
         self,
         head: Head,
         mode: str,
         tools: dict[str, ClientTool],
-        on_end: Callable[[JSON], None] | None = None,
+        on_end: Callable[[bytes], None] | None = None,
     ) -> None:
         self._head = head
-        self._base = _base(head)
+        self._settings = _settings(head)
         self._mode = mode
         self._tools = tools
         self._on_end = on_end
@@ -178,7 +200,8 @@ class ResponsesRenderer:
         self._open: _Open | None = None
         self._mcp: dict[str, int] = {}  # internal call id → its mcp_call item's output_index
         self._stream = True
-        self._in_progress: bytes = b""
+        self._in_progress = b""
+        self._messages = 0  # message items so far
 
     # -- frames --------------------------------------------------------------------------------------
 
@@ -190,8 +213,15 @@ class ResponsesRenderer:
         self._seq += 1
         return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(body) + b"\n\n"
 
-    def _lifecycle(self, kind: str, response: JSON) -> bytes:
-        return self._frame(kind, {"response": response})
+    def _lifecycle(self, kind: str, response: bytes) -> bytes:
+        seq = self._seq
+        self._seq += 1
+        head = b'event: %s\ndata: {"type":"%s","sequence_number":%d,"response":' % (
+            kind.encode(),
+            kind.encode(),
+            seq,
+        )
+        return head + response + b"}\n\n"
 
     def _added(self, item: JSON) -> bytes:
         self._items.append(item)
@@ -207,6 +237,7 @@ class ResponsesRenderer:
         out = self._close()
         index = len(self._items)
         if kind == "message":
+            self._messages += 1
             item_id = new_id("msg")
             item: JSON = {"id": item_id, "type": "message", "status": "in_progress", "role": "assistant"}
             item["content"] = []
@@ -246,13 +277,8 @@ class ResponsesRenderer:
         if o is None:
             return b""
         text = "".join(o.pieces)
-        ref = {"item_id": o.id, "output_index": o.index}
         if o.kind == "message":
             part = text_part(text)
-            out = self._frame(
-                "response.output_text.done", {**ref, "content_index": 0, "text": text, "logprobs": []}
-            )
-            out += self._frame("response.content_part.done", {**ref, "content_index": 0, "part": part})
             item = {
                 "id": o.id,
                 "type": "message",
@@ -260,16 +286,25 @@ class ResponsesRenderer:
                 "role": "assistant",
                 "content": [part],
             }
-        else:
-            summary = {"type": "summary_text", "text": text}
-            out = self._frame(
-                "response.reasoning_summary_text.done", {**ref, "summary_index": 0, "text": text}
-            )
-            out += self._frame(
-                "response.reasoning_summary_part.done", {**ref, "summary_index": 0, "part": summary}
-            )
-            item = {"id": o.id, "type": "reasoning", "summary": [summary]}
-        return out + self._done(o.index, item)
+            self._items[o.index] = item
+            if not self._stream:
+                return b""
+            seq = self._seq
+            self._seq = seq + 3
+            ref = b'"item_id":"%s","output_index":%d,"content_index":0' % (o.id.encode(), o.index)
+            dumped = orjson.dumps(part)
+            return b"".join(
+                (
+                    _TEXT_DONE % seq, ref, b',"text":', orjson.dumps(text), b',"logprobs":[]}\n\n',
+                    _PART_DONE % (seq + 1), ref, b',"part":', dumped, b"}\n\n",
+                    _ITEM_DONE % (seq + 2, o.index), orjson.dumps(item), b"}\n\n",
+                )
+            )  # fmt: skip
+        summary = {"type": "summary_text", "text": text}
+        ref2 = {"item_id": o.id, "output_index": o.index, "summary_index": 0}
+        out = self._frame("response.reasoning_summary_text.done", {**ref2, "text": text})
+        out += self._frame("response.reasoning_summary_part.done", {**ref2, "part": summary})
+        return out + self._done(o.index, {"id": o.id, "type": "reasoning", "summary": [summary]})
 
     def _client_calls(self, calls: list[JSON]) -> bytes:
         out = b""
@@ -292,20 +327,27 @@ class ResponsesRenderer:
     # -- the Renderer protocol (sorat_daemon.http.endpoint) ------------------------------------------
 
     def begin(self) -> bytes:
-        return self._lifecycle("response.created", self._base) + self._keepalive()
+        self._in_progress = _response(self._settings, "in_progress", [], None)  # also every in_progress
+        seq = self._seq
+        self._seq += 1
+        return _CREATED % seq + self._in_progress + b"}\n\n" + self._keepalive()
 
     def _keepalive(self) -> bytes:
         if not self._stream:
             return b""
-        if not self._in_progress:
-            self._in_progress = orjson.dumps(self._base)
         seq = self._seq
         self._seq += 1
         return _IN_PROGRESS % seq + self._in_progress + b"}\n\n"
 
     def event(self, ev: agent.Event) -> bytes:
-        if isinstance(ev, agent.Text):
-            return self._delta("message", ev.text, ev.round) if ev.text else b""
+        if type(ev) is agent.Text:
+            o, text = self._open, ev.text
+            if o is not None and o.round == ev.round and o.kind == "message" and text and self._stream:
+                o.pieces.append(text)  # the hot path: one more delta of the open message
+                seq = self._seq
+                self._seq = seq + 1
+                return o.delta_head + b"%d" % seq + b',"delta":' + orjson.dumps(text) + b"}\n\n"
+            return self._delta("message", text, ev.round) if text else b""
         if isinstance(ev, agent.Reasoning):
             return self._delta("reasoning", ev.text, ev.round) if ev.text else b""
         if isinstance(ev, agent.ToolCall):
@@ -331,6 +373,8 @@ class ResponsesRenderer:
 
     def _end_calls(self, call_id: str | None, status: str, error: str | None) -> bytes:
         """Closes the open mcp_call items (``call_id``: only that one) that got no result."""
+        if not self._mcp:
+            return b""
         out = b""
         for key in [call_id] if call_id is not None else list(self._mcp):
             index = self._mcp.pop(key, None)
@@ -338,32 +382,32 @@ class ResponsesRenderer:
                 out += self._done(index, {**self._items[index], "status": status, "error": error})
         return out
 
-    def _finish(self, done: agent.Done) -> tuple[JSON, bytes]:
+    def _finish(self, done: agent.Done) -> tuple[str, bytes, bytes]:
+        """(status, the Response object, the frames that close its items)."""
         out = self._close() + self._end_calls(None, "incomplete", None)
         calls = done.message.get("tool_calls") or []
         out += self._client_calls(calls)
-        if not calls and not any(i["type"] == "message" for i in self._items):
+        if not calls and not self._messages:
             out += self._start("message", 0) + self._close()  # an empty answer is still an answer
         status, details = "completed", None
         if done.finish_reason in ("length", "content_filter"):
             reason = "max_output_tokens" if done.finish_reason == "length" else "content_filter"
             status, details = "incomplete", {"reason": reason}
-        response = {**self._base, "status": status, "incomplete_details": details}
-        response.update(output=self._items, usage=usage_of(done.usage))
+        usage = usage_of(done.usage)
+        response = _response(self._settings, status, self._items, usage, incomplete_details=details)
         if self._on_end is not None:
             self._on_end(response)
-        return response, out
+        return status, response, out
 
     def end(self, done: agent.Done) -> bytes:
-        response, out = self._finish(done)
-        kind = "response.completed" if response["status"] == "completed" else "response.incomplete"
+        status, response, out = self._finish(done)
+        kind = "response.completed" if status == "completed" else "response.incomplete"
         return out + self._lifecycle(kind, response)
 
     def fail(self, err: SoratError) -> bytes:
         out = self._close() + self._end_calls(None, "failed", err.message)  # calls the failure cut short
         error = {"code": error_code(err), "message": err.message}
-        response = {**self._base, "status": "failed", "error": error, "output": self._items}
-        response["usage"] = None
+        response = _response(self._settings, "failed", self._items, None, error=error)
         if self._on_end is not None:
             self._on_end(response)
         return out + self._lifecycle("response.failed", response)
@@ -383,7 +427,7 @@ class ResponsesRenderer:
                     self.event(text)
                 held.clear()
             if isinstance(ev, agent.Done):
-                return orjson.dumps(self._finish(ev)[0])
+                return self._finish(ev)[1]
             self.event(ev)
         raise SoratError("the agent ended without an answer")
 

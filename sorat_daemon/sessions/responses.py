@@ -9,12 +9,13 @@ the file unreadable; the session store's own files and index leave dot-files alo
 
     responses(id TEXT PRIMARY KEY, session TEXT, position INTEGER, created_at REAL,
               body BLOB,    -- the Response object's JSON, only with store: true
-              input BLOB)   -- the request's input items (a JSON array), only with store: true
+              input BLOB)   -- the request's body as sent (its input items), only with store: true
     conversations(key TEXT PRIMARY KEY, metadata BLOB, created_at REAL)   -- key: the session id lower-cased
 
 A record is ``put`` synchronously, in memory, before the response's last frames go out, so a client that
-sends the next request at once finds it; a writer task commits what accumulated in one transaction on
-the store's own thread (nothing on the request path waits for the disk).
+sends the next request at once finds it; a writer task commits what accumulated over ``flush_delay`` in
+one transaction on the store's own thread (nothing on the request path waits for the disk, and a burst
+of answers costs one thread hop, not one each).
 """
 
 from __future__ import annotations
@@ -47,12 +48,13 @@ class ResponseRecord:
     position: int | None  # the visible conversation's length when the response ended
     created_at: float
     body: bytes | None = None  # the Response object, when the client asked to store it
-    input: bytes | None = None  # its input items, when stored
+    input: bytes | None = None  # the request's body as sent (for its input items), when stored
 
 
 class ResponseStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, flush_delay: float = 0.1) -> None:
         self.path = Path(root) / FILE
+        self._flush_delay = flush_delay
         self._db: sqlite3.Connection | None = None
         self._thread: ThreadPoolExecutor | None = None
         self._recent: OrderedDict[str, ResponseRecord | None] = OrderedDict()  # None: deleted
@@ -188,6 +190,7 @@ class ResponseStore:
         assert self._wake is not None
         while True:
             await self._wake.wait()
+            await asyncio.sleep(self._flush_delay)  # what else arrives meanwhile goes in the same commit
             self._wake.clear()
             try:
                 await self.flush()
