@@ -231,7 +231,7 @@ _calls = st.lists(
 def test_responses_renderer_random_events(
     events: list[Any], mode: str, calls: list[Any], finish: str
 ) -> None:
-    from sorat_daemon.protocols.responses_in import ClientTool
+    from sorat_daemon.protocols.responses_items import ClientTool
     from sorat_daemon.protocols.responses_out import Head, ResponsesRenderer
     from tests.test_protocols_responses_out import check_stream, frames
 

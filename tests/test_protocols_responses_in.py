@@ -8,8 +8,8 @@ import orjson
 import pytest
 
 from sorat_daemon.errors import RequestError
-from sorat_daemon.protocols.responses_in import ClientTool, parse_request
-from sorat_daemon.protocols.responses_items import fc_id, parse_items, with_system
+from sorat_daemon.protocols.responses_in import parse_request
+from sorat_daemon.protocols.responses_items import ClientTool, fc_id, parse_items, with_system
 
 IMAGE_OMITTED = "[image omitted: the model takes text results only]"
 

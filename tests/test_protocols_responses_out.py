@@ -11,15 +11,8 @@ import pytest
 
 from sorat_daemon import agent
 from sorat_daemon.errors import ContextWindowExceeded, ProviderError, ProviderRejected, SoratError
-from sorat_daemon.protocols.responses_in import ClientTool
-from sorat_daemon.protocols.responses_items import fc_id
-from sorat_daemon.protocols.responses_out import (
-    Head,
-    ResponsesRenderer,
-    error_code,
-    items_of,
-    usage_of,
-)
+from sorat_daemon.protocols.responses_items import ClientTool, fc_id, items_of
+from sorat_daemon.protocols.responses_out import Head, ResponsesRenderer, error_code, usage_of
 
 USAGE = {
     "prompt_tokens": 30,

@@ -14,8 +14,8 @@ from quart import Quart, Response, request
 
 from sorat_daemon.errors import NotFound, RequestError
 from sorat_daemon.http.responses import page
-from sorat_daemon.protocols.responses_items import parse_items, with_system
-from sorat_daemon.protocols.responses_out import items_of, new_id
+from sorat_daemon.protocols.responses_items import items_of, parse_items, with_system
+from sorat_daemon.protocols.responses_out import new_id
 from sorat_daemon.types import JSON, Message
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from sorat_daemon.errors import RequestError
-from sorat_daemon.protocols.responses_items import NAMESPACE_SEP, parse_items, with_system
+from sorat_daemon.protocols.responses_items import NAMESPACE_SEP, ClientTool, parse_items, with_system
 from sorat_daemon.types import JSON, Message
 
 # Tool types OpenAI runs on its side; a chat provider cannot take them, and sorat's own tools stand in.
@@ -21,16 +21,6 @@ HOSTED_TOOLS = frozenset(
     code_interpreter image_generation computer_use_preview computer_use computer mcp local_shell shell
     apply_patch tool_search""".split()
 )
-
-
-@dataclass(slots=True)
-class ClientTool:
-    """How a client tool's call goes back: a ``function_call`` or a ``custom_tool_call`` (with one
-    string ``input``), under its own name and namespace."""
-
-    kind: str  # function | custom
-    name: str
-    namespace: str | None = None
 
 
 @dataclass(slots=True)

@@ -1,22 +1,24 @@
-"""Responses input items → chat messages, in one pass over what the client sent. Pure: no I/O.
+"""Responses items ⇄ chat messages. Pure: no I/O.
 
-The assistant side of a turn, however many items a client echoes for it (the message of each model
-round, ``function_call`` items, sorat's own ``reasoning`` and ``mcp_call`` items between them), becomes
-one assistant message, its rounds' texts apart by ``agent.ROUND_SEPARATOR``, as the session stored it:
-a client that resends everything every turn (Codex) then matches its session exactly, and nothing is
-stored twice. ``system`` and ``developer`` messages, wherever they stand, are collected apart: the
-request's instructions, not conversation. Unknown item
-types are skipped, never a 400 (Ollama's "unknown input item type" broke clients); a known item that is
-malformed is a 400 naming it.
+In, in one pass over what the client sent: the assistant side of a turn, however many items a client
+echoes for it (the message of each model round, ``function_call`` items, sorat's own ``reasoning`` and
+``mcp_call`` items between them), becomes one assistant message, its rounds' texts apart by
+``agent.ROUND_SEPARATOR``, as the session stored it: a client that resends everything every turn
+(Codex) then matches its session exactly, and nothing is stored twice. ``system`` and ``developer``
+messages, wherever they stand, are collected apart: the request's instructions, not conversation.
+Unknown item types are skipped, never a 400 (Ollama's "unknown input item type" broke clients); a known
+item that is malformed is a 400 naming it. This runs on every Codex turn over ~1 MB of history, so the
+common shapes take the short paths and an item's location is only spelled out when it is wrong.
 
-This runs on every Codex turn over ~1 MB of history, so the common shapes take the short paths and an
-item's location is only spelled out when it is wrong.
+Out: a client's tool call as the item it runs (``call_item``), and a session's visible conversation as
+items (``items_of``, for /v1/conversations), with ids that are the same every time.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -29,6 +31,16 @@ _TEXT_PARTS = frozenset({"input_text", "output_text", "text", "refusal", "summar
 _ROLES = frozenset({"user", "assistant", "system", "developer"})
 _SYSTEM = frozenset({"system", "developer"})
 NAMESPACE_SEP = "__"  # a namespace tool's chat name: <namespace>__<name>
+
+
+@dataclass(slots=True)
+class ClientTool:
+    """How a client tool's call goes back: a ``function_call`` or a ``custom_tool_call`` (with one
+    string ``input``), under its own name and namespace."""
+
+    kind: str  # function | custom
+    name: str
+    namespace: str | None = None
 
 
 def with_system(system: list[str], messages: list[Message]) -> list[Message]:
@@ -250,3 +262,85 @@ def parse_items(items: Iterable[Any], where: str = "input") -> tuple[list[str], 
         raise RequestError(f"{at} {e.problem}", param=at) from None
     state.flush()
     return state.system, state.messages, state.orphans
+
+
+# --- back to the client: calls and a session's visible conversation as items ----------------------
+
+
+def text_part(text: str) -> JSON:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def call_item(call: JSON, tools: dict[str, ClientTool], status: str = "completed") -> JSON:
+    """A client's tool call (chat format) as the item it runs: ``function_call`` or ``custom_tool_call``."""
+    fn = call.get("function") or {}
+    flat, arguments, call_id = fn.get("name") or "", fn.get("arguments") or "", call.get("id") or ""
+    tool = tools.get(flat) or ClientTool("function", flat)
+    if tool.kind == "custom":
+        text: Any = arguments
+        try:
+            parsed = orjson.loads(arguments)
+        except orjson.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, dict) and isinstance(parsed.get("input"), str):
+            text = parsed["input"]
+        item = {"id": "ctc" + fc_id(call_id)[2:], "type": "custom_tool_call", "status": status}
+        item.update(call_id=call_id, name=tool.name, input=text)
+    else:
+        item = {"id": fc_id(call_id), "type": "function_call", "status": status}
+        item.update(call_id=call_id, name=tool.name, arguments=arguments)
+    if tool.namespace:
+        item["namespace"] = tool.namespace
+    return item
+
+
+def items_of(messages: list[Message], tools: dict[str, ClientTool] | None = None) -> list[JSON]:
+    """Visible chat messages as Responses items, with ids that stay the same on every listing: a
+    message's from its position, a call's from its ``call_id``."""
+    out: list[JSON] = []
+    for i, m in enumerate(messages):
+        role = m.get("role")
+        content = m.get("content")
+        if role == "tool":
+            call_id = m.get("tool_call_id") or ""
+            text = content if isinstance(content, str) else _text_of(content)
+            item = {"id": "fco" + fc_id(call_id)[2:], "type": "function_call_output", "call_id": call_id}
+            item.update(output=text, status="completed")
+            out.append(item)
+            continue
+        if role == "assistant":
+            text = content if isinstance(content, str) else _text_of(content)
+            if text:
+                out.append(
+                    {"id": f"msg_{i:08d}", "type": "message", "status": "completed", "role": "assistant",
+                     "content": [text_part(text)]}
+                )  # fmt: skip
+            out += [call_item(c, tools or {}) for c in m.get("tool_calls") or () if isinstance(c, dict)]
+            continue
+        parts = [{"type": "input_text", "text": content}] if isinstance(content, str) else _parts(content)
+        out.append(
+            {"id": f"msg_{i:08d}", "type": "message", "status": "completed", "role": role, "content": parts}
+        )
+    return out
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, list):
+        return "".join(str(p.get("text") or "") for p in content if isinstance(p, dict))
+    return content if isinstance(content, str) else ""
+
+
+def _parts(content: Any) -> list[JSON]:
+    out: list[JSON] = []
+    for p in content if isinstance(content, list) else ():
+        if not isinstance(p, dict):
+            continue
+        if p.get("type") == "text":
+            out.append({"type": "input_text", "text": p.get("text") or ""})
+        elif p.get("type") == "image_url":
+            image = p.get("image_url")
+            image = image if isinstance(image, dict) else {"url": image}
+            out.append(
+                {"type": "input_image", "image_url": image.get("url"), "detail": image.get("detail", "auto")}
+            )
+    return out

@@ -21,9 +21,8 @@ import orjson
 
 from sorat_daemon import agent
 from sorat_daemon.errors import ContextWindowExceeded, SoratError
-from sorat_daemon.protocols.responses_in import ClientTool
-from sorat_daemon.protocols.responses_items import fc_id
-from sorat_daemon.types import JSON, Message
+from sorat_daemon.protocols.responses_items import ClientTool, call_item, text_part
+from sorat_daemon.types import JSON
 
 if TYPE_CHECKING:
     from sorat_daemon.turn import Run
@@ -60,33 +59,6 @@ def error_code(err: SoratError) -> str:
     if err.status == 400:
         return "invalid_prompt"
     return "server_error"
-
-
-def text_part(text: str) -> JSON:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-
-
-def call_item(call: JSON, tools: dict[str, ClientTool], status: str = "completed") -> JSON:
-    """A client's tool call (chat format) as the item it runs: ``function_call`` or ``custom_tool_call``."""
-    fn = call.get("function") or {}
-    flat, arguments, call_id = fn.get("name") or "", fn.get("arguments") or "", call.get("id") or ""
-    tool = tools.get(flat) or ClientTool("function", flat)
-    if tool.kind == "custom":
-        text: Any = arguments
-        try:
-            parsed = orjson.loads(arguments)
-        except orjson.JSONDecodeError:
-            parsed = None
-        if isinstance(parsed, dict) and isinstance(parsed.get("input"), str):
-            text = parsed["input"]
-        item = {"id": "ctc" + fc_id(call_id)[2:], "type": "custom_tool_call", "status": status}
-        item.update(call_id=call_id, name=tool.name, input=text)
-    else:
-        item = {"id": fc_id(call_id), "type": "function_call", "status": status}
-        item.update(call_id=call_id, name=tool.name, arguments=arguments)
-    if tool.namespace:
-        item["namespace"] = tool.namespace
-    return item
 
 
 @dataclass(slots=True)
@@ -430,58 +402,3 @@ class ResponsesRenderer:
                 return self._finish(ev)[1]
             self.event(ev)
         raise SoratError("the agent ended without an answer")
-
-
-# --- a session's visible conversation as items --------------------------------------------------------
-
-
-def items_of(messages: list[Message], tools: dict[str, ClientTool] | None = None) -> list[JSON]:
-    """Visible chat messages as Responses items, with ids that stay the same on every listing: a
-    message's from its position, a call's from its ``call_id``."""
-    out: list[JSON] = []
-    for i, m in enumerate(messages):
-        role = m.get("role")
-        content = m.get("content")
-        if role == "tool":
-            call_id = m.get("tool_call_id") or ""
-            text = content if isinstance(content, str) else _text(content)
-            item = {"id": "fco" + fc_id(call_id)[2:], "type": "function_call_output", "call_id": call_id}
-            item.update(output=text, status="completed")
-            out.append(item)
-            continue
-        if role == "assistant":
-            text = content if isinstance(content, str) else _text(content)
-            if text:
-                out.append(
-                    {"id": f"msg_{i:08d}", "type": "message", "status": "completed", "role": "assistant",
-                     "content": [text_part(text)]}
-                )  # fmt: skip
-            out += [call_item(c, tools or {}) for c in m.get("tool_calls") or () if isinstance(c, dict)]
-            continue
-        parts = [{"type": "input_text", "text": content}] if isinstance(content, str) else _parts(content)
-        out.append(
-            {"id": f"msg_{i:08d}", "type": "message", "status": "completed", "role": role, "content": parts}
-        )
-    return out
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, list):
-        return "".join(str(p.get("text") or "") for p in content if isinstance(p, dict))
-    return content if isinstance(content, str) else ""
-
-
-def _parts(content: Any) -> list[JSON]:
-    out: list[JSON] = []
-    for p in content if isinstance(content, list) else ():
-        if not isinstance(p, dict):
-            continue
-        if p.get("type") == "text":
-            out.append({"type": "input_text", "text": p.get("text") or ""})
-        elif p.get("type") == "image_url":
-            image = p.get("image_url")
-            image = image if isinstance(image, dict) else {"url": image}
-            out.append(
-                {"type": "input_image", "image_url": image.get("url"), "detail": image.get("detail", "auto")}
-            )
-    return out
