@@ -87,6 +87,10 @@ def input_items(response_id: str, request: bytes) -> list[JSON]:
                 kind, "item"
             )
             item["id"] = f"{prefix}_{tail}{i:04d}"
+        try:
+            orjson.dumps(item)
+        except TypeError:  # nested deeper than orjson writes: an item sorat skipped anyway
+            continue
         out.append(item)
     return out
 
