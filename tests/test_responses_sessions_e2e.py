@@ -171,6 +171,10 @@ def test_stored_responses_and_their_input_items(daemon: DaemonProc, upstream: Up
     assert [i.content[0].text for i in page.data] == ["items-0", "items-1"] and page.has_more  # type: ignore[union-attr]
     rest = client.responses.input_items.list(r.id, order="asc", after=page.data[-1].id)
     assert [i.content[0].text for i in rest.data] == ["items-2", "items-3", "items-4"]  # type: ignore[union-attr]
+    assert [i.id for i in client.responses.input_items.list(r.id, order="asc").data] == [
+        *(i.id for i in page.data),
+        *(i.id for i in rest.data),
+    ]  # the same ids on every listing
     newest = client.responses.input_items.list(r.id, limit=1)
     assert newest.data[0].content[0].text == "items-4"  # type: ignore[union-attr]
 
