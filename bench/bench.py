@@ -500,8 +500,11 @@ def main() -> int:
             results["load_c32"] = {
                 "upstream": load(direct, None, n_load),
                 "sorat": load(api, s.token, n_load, pid=s.proc.pid),
-                "sorat_responses": load(responses_api, s.token, n_load, pid=s.proc.pid, protocol="responses"),
             }
+            wait_titles(s)  # the chat load's titles, generated before the responses load begins
+            results["load_c32"]["sorat_responses"] = load(
+                responses_api, s.token, n_load, pid=s.proc.pid, protocol="responses"
+            )
             results["titles_after_load"] = wait_titles(s)
             results["relay"] = {
                 "upstream": relay(up, direct, None, chunks),
@@ -553,8 +556,11 @@ def responses_figures(up: Upstream, n_lat: int, n_load: int, rounds: int = 2) ->
             lat["upstream"].append(latency(direct, None, n_lat))
             ld["upstream"].append(load(direct, None, n_load))
             for name, url in urls.items():
+                wait_titles(s)  # each starts without the titles the one before left to generate
                 lat[name].append(latency(url, s.token, n_lat, protocol=protocols[name]))
+                wait_titles(s)
                 ld[name].append(load(url, s.token, n_load, pid=s.proc.pid, protocol=protocols[name]))
+        wait_titles(s)
         codex = bench_codex.added_per_request(up, urls["sorat_responses"], s.token, s.proc.pid, run_job)
     finally:
         s.cleanup()
