@@ -1,6 +1,6 @@
 """sorat's benchmark: a scripted upstream, ``sorat serve`` (and LiteLLM's proxy when given), side by side.
 
-    python bench/bench.py [--quick] [--json results.json] [--litellm /path/to/venv/bin/litellm]
+    python bench/bench.py [--quick] [--json results.json] [--litellm /path/to/venv/bin/litellm] [--responses]
 
 What it reports (medians and ratios, since machines are noisy):
 - start-up: launch to a served ``/health`` (median of 3); idle RSS headless (and with the tray when Xvfb
@@ -11,7 +11,10 @@ What it reports (medians and ratios, since machines are noisy):
   and the ratio to the upstream alone (and to LiteLLM);
 - relay rate: chunks per second through one 5 000-chunk stream, and the ratio to the upstream alone;
 - agent overhead per tool round (beyond model and tool time);
-- the session store figures of ``bench/bench_sessions.py``.
+- the session store figures of ``bench/bench_sessions.py``;
+- the same latency and load through ``/v1/responses`` beside chat's, and a Codex-shaped conversation of
+  200 requests growing to ~1 MB (``bench/bench_codex.py``): what sorat adds per request, wall and CPU.
+  ``--responses`` runs only these, chat and responses in turns (two rounds, averaged).
 
 The upstream runs in this process (its own thread and loop); every load generator runs in its own
 process, so neither steals the other's interpreter. The load generator's ceiling is the "upstream alone"
@@ -669,6 +672,9 @@ def report(r: dict[str, Any]) -> None:
     )
     if "session_store" in r:
         print("session store:", json.dumps(r["session_store"]))
+    if "sorat_responses" in lat and "codex" in r:
+        print("\n/v1/responses beside /v1/chat/completions (the same daemon, one after the other):")
+        report_responses(r)
 
 
 if __name__ == "__main__":
