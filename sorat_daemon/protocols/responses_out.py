@@ -140,6 +140,13 @@ _ITEM_DONE = (
     b'event: response.output_item.done\ndata: {"type":"response.output_item.done","sequence_number":%d,'
     b'"output_index":%d,"item":'
 )
+_MESSAGE_ADDED = (
+    b'event: response.output_item.added\ndata: {"type":"response.output_item.added","sequence_number":%d,'
+    b'"output_index":%d,"item":{"id":"%s","type":"message","status":"in_progress","role":"assistant",'
+    b'"content":[]}}\n\nevent: response.content_part.added\ndata: {"type":"response.content_part.added",'
+    b'"sequence_number":%d,"item_id":"%s","output_index":%d,"content_index":0,"part":{"type":"output_text",'
+    b'"text":"","annotations":[],"logprobs":[]}}\n\n'
+)
 _CREATED = b'event: response.created\ndata: {"type":"response.created","sequence_number":%d,"response":'
 _IN_PROGRESS = (
     b'event: response.in_progress\ndata: {"type":"response.in_progress","sequence_number":%d,"response":'
@@ -213,9 +220,11 @@ class ResponsesRenderer:
             item_id = new_id("msg")
             item: JSON = {"id": item_id, "type": "message", "status": "in_progress", "role": "assistant"}
             item["content"] = []
-            out += self._added(item)
-            part = {"item_id": item_id, "output_index": index, "content_index": 0, "part": text_part("")}
-            out += self._frame("response.content_part.added", part)
+            self._items.append(item)
+            if self._stream:
+                seq = self._seq
+                self._seq = seq + 2
+                out += _MESSAGE_ADDED % (seq, index, item_id.encode(), seq + 1, item_id.encode(), index)
         else:
             item_id = new_id("rs")
             out += self._added({"id": item_id, "type": "reasoning", "summary": []})
