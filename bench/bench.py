@@ -11,6 +11,9 @@ What it reports (medians and ratios, since machines are noisy):
   and the ratio to the upstream alone (and to LiteLLM);
 - relay rate: chunks per second through one 5 000-chunk stream, and the ratio to the upstream alone;
 - agent overhead per tool round (beyond model and tool time);
+- a long stateless history: a 200-turn conversation resent whole on every turn (a 17 kB system prompt,
+  ~800 kB by the end, no session header, as Codex and Claude Code send it): sorat's own cost per turn
+  (its time minus the upstream's for the same body) near turn 1 and near turn 200;
 - the session store figures of ``bench/bench_sessions.py``;
 - the same latency and load through ``/v1/responses`` beside chat's, and a Codex-shaped conversation of
   200 requests growing to ~1 MB (``bench/bench_codex.py``): what sorat adds per request, wall and CPU.
@@ -96,7 +99,9 @@ def _worker(conn: Any, job: dict[str, Any]) -> None:
     except ImportError:
         pass
     kind = job.get("kind")
-    if kind == "codex":
+    if kind == "long_history":
+        result = asyncio.run(_long_history(job))
+    elif kind == "codex":
         result = asyncio.run(bench_codex.conversation(job))
     elif kind == "replay":
         result = asyncio.run(bench_codex.replay(job))
@@ -104,6 +109,48 @@ def _worker(conn: Any, job: dict[str, Any]) -> None:
         result = asyncio.run(_job(job))
     conn.send(result)
     conn.close()
+
+
+SYSTEM_PROMPT = ("You are a careful coding agent. Follow the repository's conventions. " * 250)[:17_000]
+
+
+async def _long_history(job: dict[str, Any]) -> dict[str, Any]:
+    """One conversation of ``turns`` turns, resent whole on every turn without a session header: each
+    turn's body goes to sorat and, alternately first, to the upstream alone; (sorat, upstream, sorat's
+    CPU) seconds per turn (the CPU in clock ticks: meaningful summed over many turns)."""
+    import aiohttp
+
+    sorat = {"Content-Type": "application/json", "Authorization": f"Bearer {job['token']}"}
+    plain = {"Content-Type": "application/json"}
+    history: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM_PROMPT}]
+    times: list[tuple[float, float, float]] = []
+    pid = job["pid"]
+    filler = "Please look at this part of the code as well and tell me what you think of it. " * 25
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+
+        async def timed(url: str, headers: dict[str, str], body: bytes) -> tuple[float, Any]:
+            t0 = time.perf_counter()
+            async with session.post(url, data=body, headers=headers) as resp:
+                data = await resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"HTTP {resp.status}: {data[:300]!r}")
+            return time.perf_counter() - t0, data
+
+        for turn in range(job["turns"]):
+            history.append({"role": "user", "content": f"{job['tag']} turn {turn}: {filler}"})
+            body = json.dumps({"model": "gpt-4o", "messages": history}).encode()
+            if turn % 2:
+                direct, _ = await timed(job["direct"], plain, body)
+            cpu = cpu_seconds(pid)
+            took, answer = await timed(job["url"], sorat, body)
+            cpu = cpu_seconds(pid) - cpu
+            if not turn % 2:
+                direct, _ = await timed(job["direct"], plain, body)
+            times.append((took, direct, cpu))
+            history.append(
+                {"role": "assistant", "content": json.loads(answer)["choices"][0]["message"]["content"]}
+            )
+    return {"times": times, "bytes": len(body)}
 
 
 async def _job(job: dict[str, Any]) -> dict[str, Any]:
@@ -371,6 +418,41 @@ def tool_round_overhead(up: Upstream, url: str, token: str, rounds: int, reps: i
     return {"per_round_ms": per_round * 1000, "upstream_call_ms": upstream_call * 1000}
 
 
+def long_history(
+    up: Upstream, s: Sorat, turns: int, runs: int, window: int = 5, cpu_window: int = 20
+) -> dict[str, float]:
+    """sorat's own cost per turn of a long conversation resent whole (``_long_history``): its time minus
+    the upstream's, the median over ``runs`` conversations of the first and the last ``window`` turns;
+    and its CPU time per turn, the mean over the first and the last ``cpu_window`` turns (a figure that a
+    busy machine disturbs much less)."""
+    assert s.proc is not None
+    up.default = text("Here is what I think of it, with the details you asked for. " * 33)  # ~2 kB
+    try:
+        api, direct = s.url + "/v1/chat/completions", up.base_url + "/chat/completions"
+        job = {"kind": "long_history", "url": api, "direct": direct, "token": s.token, "pid": s.proc.pid}
+        outs = [run_job(**job, turns=turns, tag=f"run {i}") for i in range(runs)]
+    finally:
+        up.default = text(ANSWER, chunks=16)
+
+    def cost(turn_slice: slice) -> float:
+        return statistics.median((a - b) * 1000 for out in outs for a, b, _ in out["times"][turn_slice])
+
+    def cpu(turn_slice: slice) -> float:
+        return statistics.mean(c * 1000 for out in outs for _, _, c in out["times"][turn_slice])
+
+    return {
+        "turns": turns,
+        "body_kb_at_end": outs[0]["bytes"] / 1000,
+        "turn1_ms": cost(slice(0, window)),
+        "last_turn_ms": cost(slice(turns - window, turns)),
+        "upstream_last_turn_ms": statistics.median(
+            b * 1000 for out in outs for _, b, _ in out["times"][-window:]
+        ),
+        "cpu_first_turns_ms": cpu(slice(0, cpu_window)),
+        "cpu_last_turns_ms": cpu(slice(turns - cpu_window, turns)),
+    }
+
+
 def wait_titles(s: Sorat, timeout: float = 60) -> dict[str, float]:
     import httpx
 
@@ -469,12 +551,27 @@ def main() -> int:
         action="store_true",
         help="only /v1/responses beside /v1/chat/completions (latency, load; alternated) and the Codex rows",
     )
+    ap.add_argument(
+        "--only-history", action="store_true", help="only the long-history row (its own daemon and upstream)"
+    )
     args = ap.parse_args()
     n_lat = 200 if args.quick else 1000
     n_load = 1000 if args.quick else 4000
     chunks = 5000
 
     results: dict[str, Any] = {}
+    if args.only_history:
+        with Upstream(models=["gpt-4o"]) as up:
+            s = Sorat(up.base_url)
+            s.start()
+            try:
+                results["long_history"] = long_history(up, s, turns=200, runs=1 if args.quick else 3)
+            finally:
+                s.cleanup()
+        print(history_line(results["long_history"]))
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+        return 0
     if args.responses:
         with Upstream(models=["gpt-4o"]) as up:
             up.default = text(ANSWER, chunks=16)
@@ -517,10 +614,16 @@ def main() -> int:
                 up, api, s.token, rounds=5, reps=5 if args.quick else 15
             )
             assert s.proc is not None
-            results["codex"] = bench_codex.added_per_request(up, responses_api, s.token, s.proc.pid, run_job)
             results["rss_after_mb"] = rss_mb(s.proc.pid)
         finally:
             s.cleanup()
+        s = Sorat(up.base_url)  # a fresh daemon: the load's thousands of sessions are not this row's
+        s.start()
+        try:
+            results["long_history"] = long_history(up, s, turns=200, runs=1 if args.quick else 3)
+        finally:
+            s.cleanup()
+        results["codex"] = codex_figures(up)
 
         if args.litellm:
             lite = LiteLLM(args.litellm, up.base_url)
@@ -563,10 +666,9 @@ def responses_figures(up: Upstream, n_lat: int, n_load: int, rounds: int = 2) ->
                 lat[name].append(latency(url, s.token, n_lat, protocol=protocols[name]))
                 wait_titles(s)
                 ld[name].append(load(url, s.token, n_load, pid=s.proc.pid, protocol=protocols[name]))
-        wait_titles(s)
-        codex = bench_codex.added_per_request(up, urls["sorat_responses"], s.token, s.proc.pid, run_job)
     finally:
         s.cleanup()
+    codex = codex_figures(up)
 
     def mean(runs: list[dict[str, float]]) -> dict[str, float]:
         return {k: statistics.fmean(r[k] for r in runs) for k in runs[0]}
@@ -576,6 +678,17 @@ def responses_figures(up: Upstream, n_lat: int, n_load: int, rounds: int = 2) ->
         "load_c32": {k: mean(v) for k, v in ld.items()},
         "codex": codex,
     }
+
+
+def codex_figures(up: Upstream) -> dict[str, Any]:
+    """The Codex-shaped conversation, on a fresh daemon (a load's thousands of sessions are not its)."""
+    s = Sorat(up.base_url)
+    s.start()
+    assert s.proc is not None
+    try:
+        return bench_codex.added_per_request(up, s.url + "/v1/responses", s.token, s.proc.pid, run_job)
+    finally:
+        s.cleanup()
 
 
 def report_responses(r: dict[str, Any]) -> None:
@@ -605,6 +718,16 @@ def report_responses(r: dict[str, Any]) -> None:
         kb, upstream_ms, sorat_ms, added = w["body_kb"], w["upstream_ms"], w["sorat_ms"], w["added_ms"]
         cpu = f"{w['sorat_cpu_ms']:14.2f}{w['chat_cpu_ms']:15.2f}"
         print(f"  {end:>8}{kb:10.0f}{upstream_ms:13.2f}{sorat_ms:10.2f}{added:10.2f}{cpu}")
+
+
+def history_line(h: dict[str, Any]) -> str:
+    return (
+        f"long stateless history ({h['turns']} turns, {h['body_kb_at_end']:.0f} kB at the end): sorat's own "
+        f"cost per turn {h['turn1_ms']:.2f} ms at turn 1, {h['last_turn_ms']:.2f} ms at turn {h['turns']} "
+        f"(the upstream alone {h['upstream_last_turn_ms']:.2f} ms there); its CPU per turn "
+        f"{h['cpu_first_turns_ms']:.2f} ms over the first 20 turns, "
+        f"{h['cpu_last_turns_ms']:.2f} ms over the last 20"
+    )
 
 
 def report(r: dict[str, Any]) -> None:
@@ -659,6 +782,8 @@ def report(r: dict[str, Any]) -> None:
     t = r["titles_after_load"]
     print(f"titles after the load: {t['titled']}/{t['sessions']} titled, {t['seconds']:.1f} s after it ended")
     print(f"agent overhead per tool round: {r['tool_round']['per_round_ms']:.2f} ms")
+    if "long_history" in r:
+        print(history_line(r["long_history"]))
     st = r["startup"]
     tray = st.get("tray_rss_mb")
     print(

@@ -17,6 +17,7 @@ from typing import Any
 
 from sorat_daemon import wire
 from sorat_daemon.errors import ContextWindowExceeded
+from sorat_daemon.providers.completion import ToolCallAccumulator
 from sorat_daemon.tools.registry import ToolContext, Toolset
 from sorat_daemon.types import JSON, Message, ModelCall, ModelClient, ToolCallDelta
 
@@ -29,8 +30,9 @@ Recorder = Callable[..., Awaitable[None]]
 
 @dataclass(slots=True)
 class Text:
-    text: str
+    text: str  # "" only for logprobs of a token that is no text yet
     round: int = 0  # the model call it came from: 0, 1, 2… (a tool round in between)
+    logprobs: JSON | None = None  # the provider's logprobs of this text, when the client asked for them
 
 
 @dataclass(slots=True)
@@ -70,6 +72,7 @@ class Done:
     usage: JSON | None
     message: Message  # what the client gets as choices[0].message in a whole answer
     last_usage: JSON | None = None  # the last model call's own usage: its prompt is what the context holds
+    logprobs: JSON | None = None  # the last model call's logprobs, joined: a whole answer's
 
 
 Event = Text | Reasoning | ToolCall | ToolResult | KeepAlive | Done
@@ -190,7 +193,9 @@ async def run(
             whole: Message = {"role": "assistant", "content": ROUND_SEPARATOR.join(said)}
             if reasoning_said:
                 whole["reasoning_content"] = "".join(reasoning_said)
-            yield Done("stop" if finish == "tool_calls" else finish, usage, whole, r.usage)
+            yield Done(
+                "stop" if finish == "tool_calls" else finish, usage, whole, r.usage, r.joined_logprobs()
+            )
             return
 
         assistant: Message = {"role": "assistant", "content": content or None, "tool_calls": calls}
@@ -216,7 +221,7 @@ async def run(
 
         if client:
             whole = {"role": "assistant", "content": ROUND_SEPARATOR.join(said) or None, "tool_calls": client}
-            yield Done("tool_calls", usage, whole, r.usage)
+            yield Done("tool_calls", usage, whole, r.usage, r.joined_logprobs())
             return
         rounds += 1
 
@@ -227,10 +232,26 @@ class _Round:
 
     text: list[str] = field(default_factory=list)
     reasoning: list[str] = field(default_factory=list)
-    acc: wire.ToolCallAccumulator = field(default_factory=wire.ToolCallAccumulator)
+    acc: ToolCallAccumulator = field(default_factory=ToolCallAccumulator)
     finish: str = "stop"
     usage: JSON | None = None
     answered: bool = False
+    logprobs: list[JSON] = field(default_factory=list)
+
+    def joined_logprobs(self) -> JSON | None:
+        """This call's logprobs as one object: each list (``content``, ``refusal``) in order."""
+        if not self.logprobs:
+            return None
+        if len(self.logprobs) == 1:
+            return self.logprobs[0]
+        out: JSON = {}
+        for part in self.logprobs:
+            for key, value in part.items():
+                if isinstance(value, list):
+                    out[key] = [*(out.get(key) or []), *value]
+                elif out.get(key) is None:
+                    out[key] = value
+        return out
 
 
 async def _call_model(
@@ -240,9 +261,11 @@ async def _call_model(
         result = await model.complete(call)
         r.answered = True
         msg = result.message
+        if result.logprobs:
+            r.logprobs.append(result.logprobs)
         if msg.get("content"):
             r.text.append(msg["content"])
-            yield Text(msg["content"], n)
+            yield Text(msg["content"], n, result.logprobs)
         if msg.get("reasoning_content"):
             r.reasoning.append(msg["reasoning_content"])
             yield Reasoning(msg["reasoning_content"], n)
@@ -253,7 +276,12 @@ async def _call_model(
     async with contextlib.aclosing(model.stream(call)) as deltas:  # type: ignore[type-var]
         async for d in deltas:
             r.answered = True
-            if d.content:
+            if d.logprobs is not None:
+                r.logprobs.append(d.logprobs)
+                yield Text(d.content or "", n, d.logprobs)
+                if d.content:
+                    r.text.append(d.content)
+            elif d.content:
                 r.text.append(d.content)
                 yield Text(d.content, n)
             if d.reasoning:

@@ -12,6 +12,7 @@
     └── ProviderError              502 api_error   (provider failed or rejected sorat's key)
         ├── ProviderRejected       400 invalid_request_error (the provider's own 400/404/422)
         │   └── ContextWindowExceeded
+        ├── RateLimited            429 rate_limit_error (code rate_limit_exceeded; ``retry_after``)
         └── ProviderTimeout        504 api_error
 """
 
@@ -82,6 +83,19 @@ class ProviderRejected(ProviderError):
 
 class ContextWindowExceeded(ProviderRejected):
     pass
+
+
+class RateLimited(ProviderError):
+    """The provider's rate limit outlasted sorat's own retries. ``retry_after`` is the seconds its last
+    answer asked to wait (its Retry-After), or None: the HTTP layer passes it on as ``Retry-After``."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ProviderTimeout(ProviderError):

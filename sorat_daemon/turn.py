@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sorat_daemon import agent
+from sorat_daemon import agent, wire
 from sorat_daemon.config import TOOL_EVENTS
 from sorat_daemon.errors import RequestError, SoratError
 from sorat_daemon.tools.registry import Toolset
@@ -131,7 +131,8 @@ class Pipeline:
         self._rt = rt
 
     async def begin(self, req: TurnRequest) -> Run:
-        """Resolves model and session and starts the agent; raises the request's SoratError."""
+        """Resolves model and session and starts the agent (or, for a request that brings nothing new to
+        its session, gives the last answer again); raises the request's SoratError."""
         rt = self._rt
         settings = rt.agent_settings
         mode = tool_events_mode(req.tool_events, settings.tool_events, bool(req.client_tools))
@@ -158,7 +159,11 @@ class Pipeline:
                 system_prompt=settings.system_prompt,
             )
             ctx = rt.tool_context(turn.id if turn is not None else None)
-            events = agent.run(provider, toolset, ctx, messages, opts, record)
+            again = last_answer(messages) if turn is not None and not turn.new else None
+            if again is not None:  # nothing new (say, only results echoed for internal calls): no model call
+                events = _replay(again)
+            else:
+                events = agent.run(provider, toolset, ctx, messages, opts, record)
         except BaseException:
             await stack.aclose()
             raise
@@ -167,3 +172,27 @@ class Pipeline:
 
 async def _discard(message: Message, *, visible: Any = ...) -> None:
     return None
+
+
+def last_answer(messages: list[Message]) -> Message | None:
+    """The last turn's answer as its client saw it: each round's text, a blank line between, and the
+    calls of the client's tools if it ended with them. None when the conversation does not end with an
+    answer (a user message or a tool result still waits for the model)."""
+    start = len(messages)
+    while start and messages[start - 1].get("role") in ("assistant", "tool"):
+        start -= 1
+    answered = messages[start:]
+    if not answered or answered[-1].get("role") != "assistant":
+        return None
+    texts = [wire.text_of(m.get("content")) for m in answered if m.get("role") == "assistant"]
+    answer: Message = {"role": "assistant", "content": agent.ROUND_SEPARATOR.join(t for t in texts if t)}
+    if answered[-1].get("tool_calls"):  # unanswered, so the client's own: it has still to run them
+        answer["tool_calls"] = answered[-1]["tool_calls"]
+    return answer
+
+
+async def _replay(answer: Message) -> AsyncGenerator[agent.Event, None]:
+    """The events of an answer given again: its text, then the end (no usage: no model call)."""
+    if answer["content"]:
+        yield agent.Text(answer["content"])
+    yield agent.Done("tool_calls" if answer.get("tool_calls") else "stop", None, answer)

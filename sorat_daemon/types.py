@@ -30,6 +30,8 @@ class Delta:
     tool_calls: list[ToolCallDelta] | None = None
     finish_reason: str | None = None  # stop | length | tool_calls | content_filter
     usage: JSON | None = None  # prompt_tokens, completion_tokens, total_tokens
+    # the provider's choices[0].logprobs for this piece ({"content": [...], "refusal": ...}), as sent
+    logprobs: JSON | None = None
 
 
 @dataclass(slots=True)
@@ -46,6 +48,7 @@ class ModelResult:
     message: Message  # role, content, and maybe tool_calls and reasoning_content
     finish_reason: str
     usage: JSON | None
+    logprobs: JSON | None = None  # the provider's choices[0].logprobs, as sent
 
 
 class ModelClient(Protocol):

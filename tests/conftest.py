@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -55,6 +56,37 @@ def sse(body: str) -> list[Any]:
                 data = line[6:]
                 out.append(data if data == "[DONE]" else orjson.loads(data))
     return out
+
+
+def sessions_holding(d: DaemonProc, marker: str) -> list[dict[str, Any]]:
+    """Every session (GET /v1/sessions/{id}, messages included) with a user message containing
+    ``marker``: a test's conversation, whatever its client did with the session id."""
+    found = []
+    with d.client() as c:
+        rows = c.get("/v1/sessions", params={"limit": 1000}).json()["data"]
+        for row in rows:
+            session = c.get(f"/v1/sessions/{row['id']}").json()
+            if any(
+                m["role"] == "user" and marker in json.dumps(m.get("content")) for m in session["messages"]
+            ):
+                found.append(session)
+    return found
+
+
+def assert_one_session(d: DaemonProc, marker: str, roles: str | None = None) -> dict[str, Any]:
+    """The conversation holding ``marker`` is one session that stores nothing twice (no user message,
+    tool call or tool result repeated); ``roles``: its messages' roles, space-separated."""
+    found = sessions_holding(d, marker)
+    assert len(found) == 1, f"{len(found)} sessions hold {marker!r}: {[s['id'] for s in found]}"
+    messages = found[0]["messages"]
+    users = [json.dumps(m.get("content")) for m in messages if m["role"] == "user"]
+    results = [m["tool_call_id"] for m in messages if m["role"] == "tool"]
+    calls = [c["id"] for m in messages if m["role"] == "assistant" for c in m.get("tool_calls") or []]
+    for what, items in (("user message", users), ("tool result", results), ("tool call", calls)):
+        assert len(items) == len(set(items)), f"a {what} is stored twice: {messages}"
+    if roles is not None:
+        assert " ".join(m["role"] for m in messages) == roles, messages
+    return found[0]
 
 
 def write_config(

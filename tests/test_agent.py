@@ -334,3 +334,49 @@ def test_drop_oldest_turn_keeps_system_and_latest() -> None:
     twice = agent.drop_oldest_turn(once)
     assert twice is not None and [m["content"] for m in twice] == ["s", "3"]
     assert agent.drop_oldest_turn(twice) is None
+
+
+def lp(*tokens: str) -> dict[str, Any]:
+    return {
+        "content": [{"token": t, "logprob": -0.5, "bytes": list(t.encode())} for t in tokens],
+        "refusal": None,
+    }
+
+
+async def test_logprobs_ride_on_the_text_and_the_final_rounds_come_back(ctx: ToolContext) -> None:
+    model = ScriptedModel(
+        [Delta(content="Look", logprobs=lp("Look")), Delta(tool_calls=[call("echo", {"text": "a"})])],
+        [
+            Delta(content="It ", logprobs=lp("It", " ")),
+            Delta(logprobs=lp("\xe2")),  # a token that is no text yet
+            Delta(content="is.", logprobs=lp("is.")),
+            Delta(finish_reason="stop"),
+        ],
+    )
+    events, _ = await collect(model, Toolset([echo]), ctx, agent.RunOptions("m"))
+    texts = [(e.text, e.round, e.logprobs) for e in events if isinstance(e, agent.Text)]
+    assert texts == [
+        ("Look", 0, lp("Look")),
+        ("It ", 1, lp("It", " ")),
+        ("", 1, lp("\xe2")),
+        ("is.", 1, lp("is.")),
+    ]
+    done = events[-1]
+    assert isinstance(done, agent.Done) and done.message["content"] == "Look\n\nIt is."
+    assert done.logprobs == lp("It", " ", "\xe2", "is.")  # the final round's, joined
+
+
+async def test_logprobs_of_a_whole_model_answer(ctx: ToolContext) -> None:
+    class Whole(ScriptedModel):
+        async def complete(self, c: ModelCall) -> ModelResult:
+            result = await super().complete(c)
+            return ModelResult(result.message, result.finish_reason, result.usage, lp("Hi"))
+
+    events, _ = await collect(
+        Whole([Delta(content="Hi")]), Toolset(), ctx, agent.RunOptions("m", stream=False)
+    )
+    assert [(e.text, e.logprobs) for e in events if isinstance(e, agent.Text)] == [("Hi", lp("Hi"))]
+    done = events[-1]
+    assert isinstance(done, agent.Done) and done.logprobs == lp("Hi")
+    plain, _ = await collect(ScriptedModel([Delta(content="Hi")]), Toolset(), ctx, agent.RunOptions("m"))
+    assert isinstance(plain[-1], agent.Done) and plain[-1].logprobs is None

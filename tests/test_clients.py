@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import DaemonProc
+from tests.conftest import DaemonProc, assert_one_session
 from tests.upstream import Upstream, text, tool_calls
 
 JS = Path(__file__).resolve().parent / "js"
@@ -109,7 +109,9 @@ def test_langchain_stream(chat: Any, upstream: Upstream) -> None:
     assert full.response_metadata["finish_reason"] == "stop"
 
 
-def test_langchain_stream_with_internal_tool_rounds(chat: Any, upstream: Upstream) -> None:
+def test_langchain_stream_with_internal_tool_rounds(
+    chat: Any, daemon: DaemonProc, upstream: Upstream
+) -> None:
     """No tools bound, the default tool_events = "reasoning": LangChain's aggregated stream is exactly
     the answer, with no tool call that never was its own (the phantom calls of the tool_calls mode),
     and the next turn continues the one session."""
@@ -128,6 +130,8 @@ def test_langchain_stream_with_internal_tool_rounds(chat: Any, upstream: Upstrea
     assert_valid_conversation(sent)
     assert " ".join(m["role"] for m in sent) == "user assistant tool tool assistant tool assistant user"
     assert sent[-2]["content"] == "It is noon." and not sent[-2].get("tool_calls")
+    roles = "user assistant tool tool assistant tool assistant user assistant"
+    assert_one_session(daemon, "what time is it? (langchain default)", roles)
 
 
 def test_langchain_stream_in_tool_calls_mode(chat_tool_calls: Any, upstream: Upstream) -> None:
@@ -238,10 +242,11 @@ def node_modules() -> Path:
     return modules
 
 
-def node(daemon: DaemonProc, script: str, scenario: str, tool_events: str = "") -> Any:
-    """``tool_events``: sent as X-Sorat-Tool-Events (the scripts read SORAT_TOOL_EVENTS)."""
+def node(daemon: DaemonProc, script: str, scenario: str, tool_events: str = "", prompt: str = "") -> Any:
+    """``tool_events``: sent as X-Sorat-Tool-Events (the scripts read SORAT_TOOL_EVENTS); ``prompt``:
+    the AI SDK's prompt instead of "hi" (SORAT_PROMPT)."""
     env = {**os.environ, "SORAT_BASE_URL": daemon.base_url, "SORAT_TOKEN": daemon.token}
-    env["SORAT_TOOL_EVENTS"] = tool_events
+    env.update(SORAT_TOOL_EVENTS=tool_events, SORAT_PROMPT=prompt)
     out = subprocess.run(
         ["node", script, scenario], cwd=JS, env=env, capture_output=True, text=True, timeout=60
     )
@@ -251,9 +256,11 @@ def node(daemon: DaemonProc, script: str, scenario: str, tool_events: str = "") 
 
 @pytest.fixture
 def js(node_modules: Path, daemon: DaemonProc) -> Callable[[str, str], Any]:
-    """``js(script, scenario, tool_events="")``: the scenario's JSON output, run against the module's
-    daemon."""
-    return lambda script, scenario, tool_events="": node(daemon, script, scenario, tool_events)
+    """``js(script, scenario, tool_events="", prompt="")``: the scenario's JSON output, run against the
+    module's daemon."""
+    return lambda script, scenario, tool_events="", prompt="": node(
+        daemon, script, scenario, tool_events, prompt
+    )
 
 
 def test_openai_node_create(js: Any, upstream: Upstream) -> None:
@@ -359,13 +366,16 @@ def test_ai_sdk_generate_text(js: Any, upstream: Upstream) -> None:
     assert (r["usage"]["inputTokens"], r["usage"]["outputTokens"], r["usage"]["totalTokens"]) == (10, 5, 15)
 
 
-def test_ai_sdk_stream_text_with_internal_tool_rounds(js: Any, upstream: Upstream) -> None:
+def test_ai_sdk_stream_text_with_internal_tool_rounds(
+    js: Any, daemon: DaemonProc, upstream: Upstream
+) -> None:
     """streamText without tools, the default tool_events: the internal calls are reasoning-delta parts,
     and no tool-call, tool-error (NoSuchToolError) or error part appears."""
     upstream.script(*internal_round())
-    r = js("ai_sdk.mjs", "stream")
+    r = js("ai_sdk.mjs", "stream", "", "ai sdk stream: time?")
     assert r["text"] == "It is noon." and r["finishReason"] == "stop"
     assert r["usage"]["totalTokens"] == 45 and r["toolCalls"] == []
+    assert_one_session(daemon, "ai sdk stream: time?")
     types = [p["type"] for p in r["parts"]]
     assert not {"tool-call", "tool-error", "error"} & set(types)
     assert types.count("start-step") == 1 and types[-1] == "finish"
@@ -391,6 +401,41 @@ def test_ai_sdk_stream_text_in_tool_calls_mode(js: Any, upstream: Upstream) -> N
         ("get_current_time", {"timezone": "Asia/Tokyo"}, True),
     ]
     assert types.count("tool-error") == 3
+
+
+def test_ai_sdk_stream_text_with_stop_when(js: Any, daemon: DaemonProc, upstream: Upstream) -> None:
+    """streamText with ``stopWhen`` (more steps allowed), the default tool_events: one step, the answer,
+    nothing for the SDK to run; one session."""
+    upstream.strict = True
+    upstream.script(*internal_round())
+    r = js("ai_sdk.mjs", "stream_stop_when", "", "ai sdk stopWhen: time?")
+    assert r["text"] == "It is noon." and r["finishReason"] == "stop"
+    assert r["steps"] == [{"finishReason": "stop", "text": "It is noon."}]
+    assert not {"tool-call", "tool-error", "error"} & {p["type"] for p in r["parts"]}
+    assert_one_session(daemon, "ai sdk stopWhen: time?", "user assistant tool tool assistant tool assistant")
+
+
+def test_ai_sdk_stream_text_with_stop_when_in_tool_calls_mode(
+    js: Any, daemon: DaemonProc, upstream: Upstream
+) -> None:
+    """Opted into tool_calls, with ``stopWhen``: the SDK cannot run sorat's internal calls, so its second
+    step sends their tool-error results back. Those are neither stored nor sent (a strict provider
+    answers 400 to results that follow no call, and every later turn would fail the same way): the
+    request brings nothing new and gets the turn's answer again, without a model call."""
+    upstream.strict = True
+    upstream.script(*internal_round())
+    r = js("ai_sdk.mjs", "stream_stop_when", "tool_calls", "ai sdk stopWhen, tool_calls mode")
+    assert "error" not in [p["type"] for p in r["parts"]], r["parts"]
+    assert r["text"].endswith("It is noon.")
+    sent = [
+        b for b in upstream.requests if b["messages"][0].get("content") == "ai sdk stopWhen, tool_calls mode"
+    ]
+    assert len(sent) == 3  # the turn's own calls; the echo made none
+    for body in sent:
+        assert_valid_conversation(body["messages"])
+    assert_one_session(
+        daemon, "ai sdk stopWhen, tool_calls mode", "user assistant tool tool assistant tool assistant"
+    )
 
 
 def test_ai_sdk_generate_text_with_a_client_tool(js: Any, upstream: Upstream) -> None:
@@ -710,24 +755,23 @@ def test_openwebui_reasoning_mode_has_no_follow_up(
     assert len(upstream.requests) == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sorat relays Open WebUI's 'results' for its internal calls to the provider as dangling tool "
-    "messages (see the docstring)",
-)
 def test_openwebui_default_mode_follow_up_after_internal_calls(
     daemon: DaemonProc, upstream: Upstream
 ) -> None:
     """Open WebUI's default mode (it declares no tools) with tool_events = "tool_calls" (opted in):
     Open WebUI collects the internal calls from the stream and, as it does for any collected call,
     "runs" them (unknown tools: result "") and sends a follow-up request carrying the calls and those
-    empty results. That follow-up must not break the conversation the provider sees: a strict provider
-    (OpenAI) rejects a tool message that answers no pending call with a 400. Ideally sorat recognises
-    the echoed internal calls and their results and answers without calling the model again."""
+    empty results. That follow-up must not break the conversation the provider sees (a strict provider
+    rejects a tool message that answers no pending call with a 400): sorat recognises the echoed calls
+    and results, stores and sends neither, and, the request bringing nothing new, gives the turn's
+    answer again without calling the model (Open WebUI shows it after its tool block)."""
+    upstream.strict = True
     upstream.script(*internal_round(), text("Second answer."))
     ui = OpenWebUIModel()
     ui.converse(daemon, {"model": "sorat-agent", "messages": USER, "stream": True}, **TOOL_CALLS)
     assert len(ui.rounds[0]) == 3  # the internal calls, as Open WebUI collected them
+    assert ui.rounds[1:] == [[]] and ui.errors == []  # one follow-up, answered
+    assert len(upstream.requests) == 3 and upstream.pending == 1  # the follow-up called no model
     for body in upstream.requests:
         assert_valid_conversation(body["messages"])
-    assert ui.visible_text() == "It is noon."
+    assert ui.visible_text() == "It is noon.\nIt is noon."

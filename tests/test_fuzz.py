@@ -18,6 +18,10 @@ from schemathesis import GenerationMode
 
 import sorat_daemon
 from sorat_daemon import agent, errors, wire
+from sorat_daemon.protocols.chat import parse_chat_request
+from sorat_daemon.providers.completion import ToolCallAccumulator, parse_completion
+from sorat_daemon.providers.normalize import DeltaNormalizer
+from sorat_daemon.providers.sse import SSEDecoder
 from tests.conftest import DEFAULT_EXTRA, DaemonProc, write_config
 from tests.upstream import Upstream
 
@@ -56,7 +60,7 @@ def _dumps(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False).encode()
 
 
-# --- wire.parse_chat_request ------------------------------------------------------------------------------
+# --- protocols.chat.parse_chat_request ---------------------------------------------------------------------
 
 _ROLE = st.sampled_from(["system", "developer", "user", "assistant", "tool", "wizard", "", None, 3])
 _message = st.fixed_dictionaries(
@@ -98,7 +102,7 @@ _request = st.fixed_dictionaries(
 
 def _check_parse(raw: bytes) -> None:
     try:
-        req = wire.parse_chat_request(raw)
+        req = parse_chat_request(raw)
     except errors.RequestError as e:
         assert e.status == 400 and e.message
         return
@@ -254,7 +258,7 @@ def test_responses_renderer_random_events(
 
 def _relay(pieces: list[bytes]) -> None:
     """What ``Provider._relay`` does with a body: only ProviderError (and its subclasses) may escape."""
-    decoder, norm, acc = wire.SSEDecoder(), wire.DeltaNormalizer(), wire.ToolCallAccumulator()
+    decoder, norm, acc = SSEDecoder(), DeltaNormalizer(), ToolCallAccumulator()
     try:
         for piece in pieces:
             for ev in decoder.feed(piece):
@@ -381,7 +385,7 @@ def test_normalizer_random_chunks(chunks: list[Any], as_error: list[bool]) -> No
 @given(obj=st.fixed_dictionaries({}, optional={"choices": _json, "error": _json, "usage": _json}) | _json)
 def test_parse_completion_random_objects(obj: Any) -> None:
     try:
-        result = wire.parse_completion(obj)
+        result = parse_completion(obj)
     except errors.ProviderError as e:
         assert e.message
         return
@@ -396,7 +400,7 @@ def test_deeply_nested_provider_json(deep: Any, as_error: bool, where: str) -> N
         chunk = {"choices": [{"index": 0, "delta": {"content": "x", "tool_calls": [{"function": deep}]}}]}
     _relay([(b"event: error\n" if as_error else b"") + b"data: " + _dumps(chunk) + b"\n\n"])
     try:
-        wire.parse_completion(chunk)
+        parse_completion(chunk)
     except errors.ProviderError as e:
         assert e.message
 

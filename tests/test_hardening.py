@@ -506,7 +506,7 @@ def test_connections_the_client_closes_are_released_at_once(faulty: DaemonProc) 
 
 
 def test_a_storm_of_429s(faulty: DaemonProc, upstream: Upstream) -> None:
-    """Every request in a burst meets 429s until its retries run out: each gets a 502 saying so, soon."""
+    """Every request in a burst meets 429s until its retries run out: each gets a 429 saying so, soon."""
     from concurrent.futures import ThreadPoolExecutor
 
     pid = pid_of(faulty)
@@ -524,7 +524,7 @@ def test_a_storm_of_429s(faulty: DaemonProc, upstream: Upstream) -> None:
 
     def storm() -> None:
         for r in burst():
-            err = assert_openai_error(r, 502, "api_error")
+            err = assert_openai_error(r, 429, "rate_limit_error")
             assert "429" in err["message"] and "Rate limit reached" in err["message"]
 
     def kinds() -> dict[str, int]:

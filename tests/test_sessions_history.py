@@ -275,6 +275,68 @@ def test_history_property(tmp_path: Path, ops: list[Op]) -> None:
     asyncio.run(play(root, ops))
 
 
+def system(text: str) -> Message:
+    return {"role": "system", "content": text}
+
+
+Prompt = tuple[int, bool, bool]  # (system prompt version, an inline note before the last message, stateless)
+
+
+def prompts() -> st.SearchStrategy[list[Prompt]]:
+    return st.lists(st.tuples(st.integers(0, 2), st.booleans(), st.booleans()), min_size=12, max_size=12)
+
+
+def strip(messages: list[dict]) -> list[Message]:
+    return without_internal([{k: v for k, v in m.items() if k != "timestamp"} for m in messages])
+
+
+async def play_instructions(root: Path, ops: list[Op], instructions: list[Prompt]) -> None:
+    """Like ``play``, with a system prompt that changes and inline notes that come and go: the model gets
+    exactly each request, and the conversation is stored as if the instructions were not there."""
+    conversation: list[Message] = []
+    async with SessionStore(root) as store:
+        for n, ((kind, which, tool), (version, note, stateless)) in enumerate(
+            zip(ops, instructions, strict=False)
+        ):
+            users = [i for i, m in enumerate(conversation) if m["role"] == "user"]
+            if kind == "regenerate" and users:
+                conversation = conversation[: users[-1] + 1]
+            elif kind == "edit" and len(users) > 1:
+                at = users[1:][which % (len(users) - 1)]
+                conversation = [*conversation[:at], user(f"edited {n}")]
+            else:
+                kind = "new"
+                conversation = [*conversation, user(f"q{n}")]
+            request = [system(f"prompt v{version}"), *conversation]
+            if note:
+                request.insert(len(request) - 1, system(f"note {n}"))
+            header = None if stateless and kind == "new" and n else "prop"
+            async with store.turn(header, request, model="m") as turn:
+                assert turn.id == "prop"
+                assert without_internal(turn.messages) == request
+                if tool:
+                    await turn.add(assistant(None, [call(f"int_{n}")]), visible=None)
+                    await turn.add(result(f"int_{n}", "out"), visible=None)
+                await turn.add(assistant(f"a{n}"))
+            conversation.append(assistant(f"a{n}"))
+            row = await store.get("prop")
+            assert row is not None
+            instructions_now = [m for m in request if m["role"] == "system"]
+            assert row["message_count"] == len(instructions_now) + len(conversation)
+            stored = strip(row["messages"])
+            assert [m for m in stored if m["role"] != "system"] == conversation
+            assert [m for m in stored if m["role"] == "system"] == instructions_now
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=client_ops(), instructions=prompts())
+def test_history_property_with_changing_instructions(
+    tmp_path: Path, ops: list[Op], instructions: list[Prompt]
+) -> None:
+    root = Path(tempfile.mkdtemp(dir=tmp_path)) / "sessions"
+    asyncio.run(play_instructions(root, ops, instructions))
+
+
 # --- system and developer messages -------------------------------------------------------------------
 
 DEVELOPER: Message = {"role": "developer", "content": "You are terse."}
@@ -297,10 +359,6 @@ async def test_a_developer_prompt_alone_starts_new_conversations(store: SessionS
     assert one != two
     async with store.turn(None, [DEVELOPER, user("hi"), assistant("hello"), user("more")], model="m") as turn:
         assert turn.id == two and not turn.created
-
-
-def system(text: str) -> Message:
-    return {"role": "system", "content": text}
 
 
 async def test_a_system_prompt_rebuilt_every_turn_neither_forks_nor_restores(
@@ -449,7 +507,7 @@ async def test_results_for_internal_calls_are_neither_stored_nor_sent(
     sid = await internal_turn(store, "int" if header else None)
     async with store.turn(sid if header else None, [*ECHOED, FAILED, user("thanks")], model="m") as turn:
         assert turn.id == sid and not turn.created
-        assert turn.messages == [*STORED, user("thanks")]
+        assert turn.messages == [*STORED, user("thanks")] and turn.new == [user("thanks")]
         await turn.add(assistant("You're welcome."))
     contents = [d["message"]["content"] for d in message_lines(root / f"{sid}.jsonl")]
     assert "error: no such tool" not in contents and contents.count("list files") == 1
@@ -472,7 +530,7 @@ async def test_only_results_for_internal_calls_bring_nothing_new(root: Path, sto
     sid = await internal_turn(store, None)
     before = message_lines(root / f"{sid}.jsonl")
     async with store.turn(None, [*ECHOED, FAILED], model="m") as turn:
-        assert turn.id == sid and turn.messages == STORED
+        assert turn.id == sid and turn.messages == STORED and turn.new == []
     assert message_lines(root / f"{sid}.jsonl") == before
 
 

@@ -139,19 +139,6 @@ async def test_fallback_title_and_set_title(store: SessionStore) -> None:
         assert not turn.needs_title
 
 
-async def test_evicted_sessions_reload_from_disk(root: Path) -> None:
-    async with SessionStore(root, cache_size=2) as store:
-        for i in range(6):
-            await answer(store, f"s{i}", [user(f"q{i}")], f"a{i}")
-        async with store.turn("s0", [user("q0"), assistant("a0"), user("again")], model="m") as turn:
-            assert not turn.created
-            assert [m["content"] for m in turn.messages] == ["q0", "a0", "again"]
-            await turn.add(assistant("done"))
-        assert len(store._cache) <= 2
-        row = await store.get("s0")
-        assert row is not None and row["message_count"] == 4
-
-
 async def test_concurrent_turns_on_one_session_are_serialized(store: SessionStore) -> None:
     active = 0
     seen: list[int] = []

@@ -19,8 +19,18 @@ with "Generate a title" is a title request: it gets ``title_reply`` as text, is 
 ``title_requests`` (not ``requests``), and leaves the queue alone.
 
 Every reply takes the shape the request asks for: SSE when ``"stream": true`` (a final ``choices: []``
-chunk with usage when ``stream_options.include_usage``), else a whole ``chat.completion`` with usage.
+chunk with usage when ``stream_options.include_usage``), else a whole ``chat.completion`` with usage;
+with ``"logprobs": true`` every content piece carries OpenAI's ``logprobs`` (one token per piece,
+``top_logprobs`` alternatives), whole answers ``choices[0].logprobs``.
 The default usage is ``USAGE`` (10 + 5 = 15 tokens); pass ``usage=`` to change it.
+
+``strict = True`` makes it behave like a strict provider (OpenAI) where a lenient one would not:
+a conversation whose tool traffic is out of order (a ``tool`` message that answers no call of the
+assistant message before it, a call left unanswered) gets OpenAI's 400 with its message and param,
+whatever is scripted; and a request whose ``tool_choice`` forces a call (``required``: the first tool
+offered; a named tool) gets that call with ``{}`` arguments, as an obedient model answers, unless the
+next scripted reply is itself a tool call or an error (a scripted text waits for an unforced request).
+``reset()`` turns it off.
 
 Builders
     text(content, chunks=1, reasoning=None, reasoning_as="reasoning_content")
@@ -129,7 +139,9 @@ class Reply:
     error_done: bool = False
     error_body: dict[str, Any] | None = None
     quirks: frozenset[str] = frozenset()
-    _cache: dict[tuple[bool, bool, str], tuple[bytes, ...] | bytes] = field(default_factory=dict, repr=False)
+    _cache: dict[tuple[bool, bool, str, int | None], tuple[bytes, ...] | bytes] = field(
+        default_factory=dict, repr=False
+    )
 
     def __post_init__(self) -> None:
         unknown = set(self.quirks) - QUIRKS
@@ -176,10 +188,11 @@ def error(
     type: str | None = None,
     code: str | None = None,
     headers: dict[str, str] | None = None,
+    param: str | None = None,
     **options: Any,
 ) -> Reply:
     kind = type or _STATUS_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return _options(
         Reply(
             "error",
@@ -255,12 +268,30 @@ def _reasoning_delta(piece: str, how: str) -> dict[str, Any]:
     return {"reasoning_content": piece}
 
 
+def logprobs_of(pieces: list[str], top: int) -> dict[str, Any]:
+    """OpenAI's ``choices[0].logprobs`` for these pieces of content, one token each (``top`` alternatives
+    per token, the token itself first)."""
+
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    content = [
+        {
+            **entry(p, -0.25),
+            "top_logprobs": [entry(p, -0.25), *(entry(f"{p}~{k}", -2.0 - k) for k in range(top - 1))][:top],
+        }
+        for p in pieces
+    ]
+    return {"content": content, "refusal": None}
+
+
 class _Events:
     """Builds a response's SSE events (("data", dict) | ("comment", str) | ("error", dict)…)."""
 
-    def __init__(self, reply: Reply, model: str, include_usage: bool) -> None:
+    def __init__(self, reply: Reply, model: str, include_usage: bool, logprobs: int | None = None) -> None:
         self.r, self.q, self.model = reply, reply.quirks, model
         self.include_usage = include_usage
+        self.logprobs = logprobs  # top_logprobs when the request asked for logprobs, else None
         self.out: list[tuple[str, Any]] = []
         self.n = 0  # content-ish chunks sent, for cumulative usage
 
@@ -273,6 +304,9 @@ class _Events:
             choice["delta"] = delta
         if "extras" in q:
             choice["logprobs"] = None
+        piece = (delta or {}).get("content")
+        if self.logprobs is not None and piece:
+            choice["logprobs"] = logprobs_of([piece], self.logprobs)
         choice["finish_reason"] = finish
         if "azure" in q:
             choice["content_filter_results"] = {}
@@ -476,7 +510,7 @@ def _encode(events: list[tuple[str, Any]], quirks: frozenset[str]) -> tuple[byte
     return tuple(frames)
 
 
-def _completion(reply: Reply, model: str) -> dict[str, Any]:
+def _completion(reply: Reply, model: str, logprobs: int | None = None) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": reply.content}
     if reply.reasoning:
         how = reply.reasoning_as
@@ -492,7 +526,7 @@ def _completion(reply: Reply, model: str) -> dict[str, Any]:
             for cid, name, args in reply.calls
         ]
     finish = reply.finish_reason or ("tool_calls" if reply.calls else "stop")
-    return {
+    out: dict[str, Any] = {
         "id": "chatcmpl-upstream",
         "object": "chat.completion",
         "created": CREATED,
@@ -500,11 +534,17 @@ def _completion(reply: Reply, model: str) -> dict[str, Any]:
         "choices": [{"index": 0, "message": message, "finish_reason": finish}],
         "usage": reply.usage,
     }
+    if logprobs is not None:
+        out["choices"][0]["logprobs"] = logprobs_of(_split(reply.content or "", reply.chunks), logprobs)
+    return out
 
 
-def render(reply: Reply, stream: bool, include_usage: bool, model: str) -> tuple[bytes, ...] | bytes:
-    """The reply's bytes for one request: SSE frames, or a whole body. Cached on the reply."""
-    key = (stream, include_usage, model)
+def render(
+    reply: Reply, stream: bool, include_usage: bool, model: str, logprobs: int | None = None
+) -> tuple[bytes, ...] | bytes:
+    """The reply's bytes for one request: SSE frames, or a whole body (``logprobs``: the request's
+    top_logprobs when it asked for logprobs). Cached on the reply."""
+    key = (stream, include_usage, model, logprobs)
     cached = reply._cache.get(key)
     if cached is not None:
         return cached
@@ -514,11 +554,70 @@ def render(reply: Reply, stream: bool, include_usage: bool, model: str) -> tuple
     elif reply.kind == "error":
         out = reply.body
     elif not stream:
-        out = orjson.dumps(reply.error_body if reply.error_after is not None else _completion(reply, model))
+        whole = reply.error_body if reply.error_after is not None else _completion(reply, model, logprobs)
+        out = orjson.dumps(whole)
     else:
-        out = _encode(_Events(reply, model, include_usage).build(), reply.quirks)
+        out = _encode(_Events(reply, model, include_usage, logprobs).build(), reply.quirks)
     reply._cache[key] = out
     return out
+
+
+# --- a strict provider --------------------------------------------------------------------------------
+
+_DANGLING_RESULT = (
+    "Invalid parameter: messages with role 'tool' must be a response to a preceeding message with "
+    "'tool_calls'."
+)  # OpenAI's words, its typo included
+_UNANSWERED = (
+    "An assistant message with 'tool_calls' must be followed by tool messages responding to each "
+    "'tool_call_id'. The following tool_call_ids did not have response messages: "
+)
+
+
+def strict_problem(messages: Any) -> tuple[str, str] | None:
+    """What OpenAI checks of a conversation's tool traffic: each ``tool`` message answers a call of the
+    assistant message right before it (and its results), every call is answered before anything else.
+    The first violation as (message, param), or None."""
+    pending: list[str] = []
+    opened = 0
+    for i, m in enumerate(messages if isinstance(messages, list) else []):
+        role = m.get("role") if isinstance(m, dict) else None
+        if role == "tool":
+            if m.get("tool_call_id") not in pending:
+                return _DANGLING_RESULT, f"messages.[{i}].role"
+            pending.remove(m["tool_call_id"])
+            continue
+        if pending:
+            return _UNANSWERED + ", ".join(pending), f"messages.[{opened}].role"
+        calls = m.get("tool_calls") if role == "assistant" else None
+        pending = [str(c.get("id")) for c in calls or [] if isinstance(c, dict)]
+        opened = i
+    if pending:
+        return _UNANSWERED + ", ".join(pending), f"messages.[{opened}].role"
+    return None
+
+
+def forced_tool(body: dict[str, Any]) -> str | None:
+    """The tool an obedient model calls because ``tool_choice`` forces one (``required``: the first tool
+    offered; a named tool: that one), or None."""
+    choice, tools = body.get("tool_choice"), body.get("tools") or []
+    names = [
+        t["function"]["name"] for t in tools if isinstance(t, dict) and isinstance(t.get("function"), dict)
+    ]
+    if choice == "required":
+        return names[0] if names else None
+    if isinstance(choice, dict):
+        if choice.get("type") == "function" and isinstance(choice.get("function"), dict):
+            return choice["function"].get("name")
+        allowed = choice.get("allowed_tools")
+        if isinstance(allowed, dict) and allowed.get("mode") == "required":
+            listed = [
+                t["function"]["name"]
+                for t in allowed.get("tools") or []
+                if isinstance(t.get("function"), dict)
+            ]
+            return listed[0] if listed else None
+    return None
 
 
 # --- the server --------------------------------------------------------------------------------------
@@ -536,6 +635,7 @@ class Upstream:
         self.api_key = api_key
         self.title_reply = title_reply
         self.default: Reply = text("ok")
+        self.strict = False
         self.requests: list[dict[str, Any]] = []
         self.title_requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
@@ -564,6 +664,7 @@ class Upstream:
         self.models = ["gpt-4o", "gpt-4o-mini"]
         self.api_key = None
         self.default = text("ok")
+        self.strict = False
         self.title_reply = "A Scripted Title"
         self.models_requests = 0
         self.disconnects = 0
@@ -691,16 +792,28 @@ class Upstream:
         else:
             self.requests.append(body)
             self.headers.append({k.lower(): v for k, v in request.headers.items()})
-            reply = self._queue.popleft() if self._queue else self.default
+            reply = self._next(body)
         self._notify()
         if denied:
             return denied
         stream = body.get("stream") is True
         options = body.get("stream_options") or {}
         model = body.get("model") if isinstance(body.get("model"), str) else "unknown"
-        return await self._respond(
-            request, reply, render(reply, stream, bool(options.get("include_usage")), model), stream
-        )
+        top = body.get("top_logprobs")
+        logprobs = (top if isinstance(top, int) else 0) if body.get("logprobs") is True else None
+        out = render(reply, stream, bool(options.get("include_usage")), model, logprobs)
+        return await self._respond(request, reply, out, stream)
+
+    def _next(self, body: dict[str, Any]) -> Reply:
+        """The reply to a chat request: the next scripted one, unless ``strict`` says otherwise."""
+        if self.strict:
+            problem = strict_problem(body.get("messages"))
+            if problem is not None:
+                return error(400, problem[0], param=problem[1])
+            forced = forced_tool(body)
+            if forced is not None and (not self._queue or self._queue[0].kind == "text"):
+                return tool_calls([(forced, {})])  # the scripted text waits for an unforced call
+        return self._queue.popleft() if self._queue else self.default
 
     async def _respond(
         self, request: web.Request, reply: Reply, out: tuple[bytes, ...] | bytes, stream: bool

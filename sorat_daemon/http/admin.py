@@ -1,4 +1,5 @@
-"""The routes that are not agent turns, on Quart: health, the OpenAPI document, models, sessions."""
+"""The routes that are not agent turns, on Quart: health, the OpenAPI document, models (the list and
+one by id), sessions."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from quart import Quart, Response, request
 
 from sorat_daemon import __version__, wire
 from sorat_daemon.errors import NotFound, RequestError
+from sorat_daemon.types import JSON
 
 if TYPE_CHECKING:
     from sorat_daemon.runtime import Runtime
@@ -36,6 +38,27 @@ def page_limit(args: Any, default: int = 100) -> int:
     return limit
 
 
+def model_list(rt: Runtime) -> list[JSON]:
+    """GET /v1/models' entries: the active model, ``sorat-agent``, then every model a provider offers."""
+    active = rt.active_model
+    owners = dict(rt.pool.models())
+    data = [
+        {
+            "id": active,
+            "object": "model",
+            "created": CREATED,
+            "owned_by": owners.get(active, rt.pool.default_owner()),
+        },
+        {"id": "sorat-agent", "object": "model", "created": CREATED, "owned_by": "sorat"},
+    ]
+    data += [
+        {"id": m, "object": "model", "created": CREATED, "owned_by": owner}
+        for m, owner in owners.items()
+        if m not in (active, "sorat-agent")
+    ]
+    return data
+
+
 def register(app: Quart, rt: Runtime, json: Callable[..., Response]) -> None:
     @app.get("/health")
     async def health() -> Response:
@@ -47,23 +70,15 @@ def register(app: Quart, rt: Runtime, json: Callable[..., Response]) -> None:
 
     @app.get("/v1/models")
     async def models() -> Response:
-        active = rt.active_model
-        owners = dict(rt.pool.models())
-        data = [
-            {
-                "id": active,
-                "object": "model",
-                "created": CREATED,
-                "owned_by": owners.get(active, rt.pool.default_owner()),
-            },
-            {"id": "sorat-agent", "object": "model", "created": CREATED, "owned_by": "sorat"},
-        ]
-        data += [
-            {"id": m, "object": "model", "created": CREATED, "owned_by": owner}
-            for m, owner in owners.items()
-            if m not in (active, "sorat-agent")
-        ]
-        return json({"object": "list", "data": data})
+        return json({"object": "list", "data": model_list(rt)})
+
+    # <path:…>: OpenRouter's ids hold a slash (openai/gpt-4o), and OpenAI's SDKs send it unescaped
+    @app.get("/v1/models/<path:model_id>")
+    async def model(model_id: str) -> Response:
+        found = next((m for m in model_list(rt) if m["id"] == model_id), None)
+        if found is None:
+            raise NotFound(f"The model {model_id!r} does not exist", param="model", code="model_not_found")
+        return json(found)
 
     @app.get("/v1/sessions")
     async def list_sessions() -> Response:

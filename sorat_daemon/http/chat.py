@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from sorat_daemon import wire
 from sorat_daemon.http.asgi import Reply
 from sorat_daemon.http.endpoint import Head, TurnEndpoint
-from sorat_daemon.protocols.chat_render import ChatRenderer
+from sorat_daemon.protocols.chat import ChatRenderer, parse_chat_request
 from sorat_daemon.turn import Run, TurnRequest
 
 
@@ -13,7 +12,7 @@ class ChatEndpoint(TurnEndpoint):
     path = "/v1/chat/completions"
 
     async def handle(self, head: Head, body: bytes, reply: Reply) -> None:
-        req = wire.parse_chat_request(body)
+        req = parse_chat_request(body)
         turn = TurnRequest(
             messages=req.messages,
             model=req.model,

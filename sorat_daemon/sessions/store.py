@@ -18,8 +18,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import EllipsisType, TracebackType
 from typing import Any
@@ -30,21 +29,9 @@ from . import files
 from .format import Record, dumps, header_line, key_of, meta_row, new_id, supersede_line, valid_session_id
 from .history import Request, with_results
 from .index import Index
-from .session import Session, load
+from .session import Cache, Session, Slot
 
 log = logging.getLogger("sorat.sessions")
-
-
-class _Slot:
-    """The locks of one session, alive while anyone uses it. Taken in this order: request, load, meta."""
-
-    __slots__ = ("request", "load", "meta", "users")
-
-    def __init__(self) -> None:
-        self.request = asyncio.Lock()  # held for a whole request: requests on one session are serialized
-        self.load = asyncio.Lock()  # one reader of the files at a time, and only one cached copy
-        self.meta = asyncio.Lock()  # metadata writes
-        self.users = 0
 
 
 class Turn:
@@ -52,7 +39,7 @@ class Turn:
 
     def __init__(
         self, store: SessionStore, session: Session, session_id: str, created: bool,
-        messages: list[Message], number: int, model: str,
+        messages: list[Message], new: list[Message], number: int, model: str,
     ) -> None:  # fmt: skip
         self._store = store
         self._session = session
@@ -62,6 +49,9 @@ class Turn:
         self.id = session_id
         self.created = created
         self.messages = messages  # a snapshot taken on entry: add() does not change it
+        # The request's messages new to the conversation; empty when it brought nothing new (say, only
+        # results a client sent for internal calls): SPEC has the turn's last answer again, no model call.
+        self.new = new
 
     @property
     def needs_title(self) -> bool:
@@ -108,13 +98,11 @@ class SessionStore:
     def __init__(self, root: Path, *, cache_size: int = 64, flush_delay: float = 0.2) -> None:
         self.root = Path(root)
         self._dir = str(self.root)  # paths on the request path are plain strings: Path costs microseconds
-        self._cache_size = cache_size
         self._flush_delay = flush_delay  # fsyncs are grouped: at most this (plus the fsync) late
-        self._cache: OrderedDict[str, Session] = OrderedDict()  # hot sessions, least recent first
-        self._slots: dict[str, _Slot] = {}
         self._run = secrets.token_hex(4)
         self._index = Index(self.root, self._run)
         self._pending = files.Pending(self.root, self._run)
+        self._cache = Cache(self.root, cache_size, self._pending.metas)
         self._flusher: asyncio.Task[None] | None = None
         self._open = False
 
@@ -147,15 +135,15 @@ class SessionStore:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
-        for session in self._cache.values():
+        for session in self._cache.sessions.values():
             session.close()
         try:
             await self.flush()
         except (OSError, sqlite3.Error):  # the files are the truth: the next open rebuilds the index
             log.exception("saving the sessions on close failed")
             self._index.trusted = False
-        await self._index.close(clean=not self._slots)
-        self._cache.clear()
+        await self._index.close(clean=not self._cache.slots)
+        self._cache.sessions.clear()
 
     async def ready(self) -> None:
         """Waits until the index is right and checked against the files."""
@@ -188,7 +176,7 @@ class SessionStore:
             return None
         key = key_of(session_id)
         with self._pinned(key) as slot:
-            session = await self._load(key, slot)
+            session = await self._cache.load(key, slot)
             if session is None:
                 return None
             row = session.row()
@@ -212,7 +200,7 @@ class SessionStore:
             return None
         key = key_of(session_id)
         with self._pinned(key) as slot:
-            session = await self._load(key, slot)
+            session = await self._cache.load(key, slot)
             return None if session is None else [dict(s.message) for s in session.history.shown]
 
     async def delete(self, session_id: str) -> bool:
@@ -221,7 +209,7 @@ class SessionStore:
         key = key_of(session_id)
         with self._pinned(key) as slot:
             async with slot.request, slot.load, slot.meta:
-                session = self._cache.pop(key, None)
+                session = self._cache.sessions.pop(key, None)
                 if session is not None:
                     session.deleted = True
                     session.close()
@@ -236,7 +224,7 @@ class SessionStore:
             return
         key = key_of(session_id)
         with self._pinned(key) as slot:
-            session = await self._load(key, slot)
+            session = await self._cache.load(key, slot)
             if session is None:
                 return  # deleted meanwhile
             session.title = title
@@ -263,7 +251,7 @@ class SessionStore:
         self, key: str, shown_id: str | None, request: Request, model: str, *, fresh: bool
     ) -> Turn | None:
         """Takes the session's lock and starts the turn; None when ``fresh`` and the id exists already."""
-        slot = self._pin(key)
+        slot = self._cache.pin(key)
         try:
             await slot.request.acquire()
             made: Session | None = None  # created here: removed again if the turn cannot start
@@ -272,14 +260,14 @@ class SessionStore:
                     if fresh:  # a new id is not looked up first: creating its file exclusively tells
                         session = made = None if key in self._cache else self._create(key, shown_id or key)
                     else:
-                        session = await self._load_locked(key)
+                        session = await self._cache.load_locked(key)
                         if session is None:
                             session = made = self._create(key, shown_id or key)
                             if session is None:  # its file was made meanwhile
-                                session = await self._load_locked(key)
+                                session = await self._cache.load_locked(key)
                 if session is None:  # a fresh id that is taken
                     slot.request.release()
-                    self._unpin(key)
+                    self._cache.unpin(key)
                     return None
                 created = made is not None
                 turn = self._begin(session, shown_id or session.id, created, request, model)
@@ -292,7 +280,7 @@ class SessionStore:
                 slot.request.release()
                 raise
         except BaseException:
-            self._unpin(key)
+            self._cache.unpin(key)
             raise
 
     def _begin(self, session: Session, shown_id: str, created: bool, request: Request, model: str) -> Turn:
@@ -305,12 +293,12 @@ class SessionStore:
             history.supersede(plan)
         new = [*plan.system, *plan.append]  # a new system prompt is stored with its turn
         self._append(session, [(m, ...) for m in new], by="client", turn=number)
-        return Turn(self, session, shown_id, created, with_results(plan.model), number, model)
+        return Turn(self, session, shown_id, created, with_results(plan.model), plan.append, number, model)
 
     async def _exit(self, turn: Turn) -> None:
         session = turn._session
         key = session.key
-        slot = self._slots[key]
+        slot = self._cache.slots[key]
         try:
             turn._done = True
             if not session.deleted:
@@ -319,7 +307,7 @@ class SessionStore:
                 await self._save(session, slot)
         finally:
             slot.request.release()
-            self._unpin(key)
+            self._cache.unpin(key)
 
     async def _find(self, request: Request) -> str | None:
         """The session whose visible conversation is exactly the request's earlier messages: a cached one
@@ -327,7 +315,7 @@ class SessionStore:
         if request.split == 0:
             return None  # a first message starts a new conversation
         tried: set[str] = set()
-        for key, cached in reversed(self._cache.items()):
+        for key, cached in reversed(self._cache.sessions.items()):
             if cached.history.matches(request):
                 return key
             tried.add(key)
@@ -335,7 +323,7 @@ class SessionStore:
             if key in tried:
                 continue
             with self._pinned(key) as slot:
-                session = await self._load(key, slot)
+                session = await self._cache.load(key, slot)
                 if session is not None and session.history.matches(request):
                     return key
         return None
@@ -392,15 +380,15 @@ class SessionStore:
         session.fd = fd
         session.size = len(data)
         self._pending.written(os.path.join(self._dir, key + ".jsonl"), entry=True)
-        self._cache[key] = session
+        self._cache.sessions[key] = session
         return session
 
     def _discard(self, session: Session) -> None:
         """Removes a session whose first turn could not start: no half-made session stays behind."""
         session.deleted = True
         session.close()
-        if self._cache.get(session.key) is session:
-            del self._cache[session.key]
+        if self._cache.sessions.get(session.key) is session:
+            del self._cache.sessions[session.key]
         self._index.forget(session.key)
         self._pending.forget(session.key)
         for path in files.paths(self.root, session.key):
@@ -414,7 +402,7 @@ class SessionStore:
             f"sorat could not save session {session_id!r} in {self.root}: {e.strerror or e}"
         )
 
-    async def _save(self, session: Session, slot: _Slot, *, force: bool = False, file: bool = True) -> None:
+    async def _save(self, session: Session, slot: Slot, *, force: bool = False, file: bool = True) -> None:
         """Queues the metadata file and the index row for the flusher.
 
         Nothing touches the disk here: the flusher writes every queued file (only the newest version of
@@ -437,7 +425,7 @@ class SessionStore:
     async def _resave(self, key: str) -> None:
         """Rebuilds a session's metadata and index row from its messages (the index's repair)."""
         with self._pinned(key) as slot:
-            session = await self._load(key, slot)
+            session = await self._cache.load(key, slot)
             if session is not None:
                 await self._save(session, slot, force=True)
 
@@ -453,61 +441,11 @@ class SessionStore:
             except (OSError, sqlite3.Error):
                 log.exception("saving the session files or the index failed; retrying with the next write")
 
-    # -- cache and locks --------------------------------------------------------------------------------
+    # -- locks ------------------------------------------------------------------------------------------
 
-    def _pin(self, key: str) -> _Slot:
-        slot = self._slots.get(key)
-        if slot is None:
-            slot = self._slots[key] = _Slot()
-        slot.users += 1
-        return slot
-
-    def _unpin(self, key: str) -> None:
-        slot = self._slots[key]
-        slot.users -= 1
-        if slot.users == 0:
-            del self._slots[key]
-            self._trim()
-
-    @contextlib.contextmanager
-    def _pinned(self, key: str) -> Iterator[_Slot]:
+    def _pinned(self, key: str) -> contextlib.AbstractContextManager[Slot]:
         self._check_open()
-        slot = self._pin(key)
-        try:
-            yield slot
-        finally:
-            self._unpin(key)
-
-    async def _load(self, key: str, slot: _Slot) -> Session | None:
-        async with slot.load:
-            return await self._load_locked(key)
-
-    async def _load_locked(self, key: str) -> Session | None:
-        session = self._cache.get(key)
-        if session is None:
-            pending = self._pending.metas.get(key)
-            if pending is None and not any(os.path.lexists(p) for p in files.paths(self.root, key)):
-                return None  # a new session: no thread hop to learn that nothing is there
-            session = await asyncio.to_thread(load, self.root, key, pending)
-            if session is None:
-                return None
-            self._cache[key] = session
-        self._cache.move_to_end(key)
-        return session
-
-    def _trim(self) -> None:
-        """Evicts the least recently used sessions nobody uses: every byte of theirs is on disk already."""
-        excess = len(self._cache) - self._cache_size
-        if excess <= 0:
-            return
-        idle = []  # the oldest first: usually the first key or two, not a pass over the whole cache
-        for key in self._cache:
-            if key not in self._slots:
-                idle.append(key)
-                if len(idle) == excess:
-                    break
-        for key in idle:
-            self._cache.pop(key).close()
+        return self._cache.pinned(key)
 
     def _check_open(self) -> None:
         if not self._open:

@@ -1,6 +1,6 @@
 // The Vercel AI SDK (`ai` + @ai-sdk/openai-compatible) against sorat, unchanged:
 // `node ai_sdk.mjs SCENARIO` with SORAT_BASE_URL (…/v1) and SORAT_TOKEN in the environment
-// (SORAT_TOOL_EVENTS, if set, goes out as X-Sorat-Tool-Events).
+// (SORAT_TOOL_EVENTS, if set, goes out as X-Sorat-Tool-Events; SORAT_PROMPT replaces the prompt "hi").
 // Prints one JSON object on stdout; tests/test_clients.py asserts on it.
 import { createOpenAICompatible } from "@ai-sdk/openai-compatible";
 import { generateText, stepCountIs, streamText, tool } from "ai";
@@ -15,7 +15,7 @@ const sorat = createOpenAICompatible({
   headers: toolEvents ? { "X-Sorat-Tool-Events": toolEvents } : {},
 });
 const model = sorat.chatModel("sorat-agent");
-const common = { model, prompt: "hi", maxRetries: 0 };
+const common = { model, prompt: process.env.SORAT_PROMPT || "hi", maxRetries: 0 };
 
 function weatherTool(calls) {
   return tool({
@@ -67,6 +67,20 @@ const scenarios = {
       finishReason: await r.finishReason,
       usage: await r.usage,
       toolCalls: (await r.toolCalls).map((c) => ({ toolName: c.toolName, input: c.input })),
+    };
+  },
+
+  // the same with stopWhen (more steps allowed) and no tools: a call the SDK cannot run ends in a
+  // tool-error, which a second step sends back as a tool result
+  async stream_stop_when() {
+    const r = streamText({ ...common, stopWhen: stepCountIs(3), onError: () => {} });
+    const parts = [];
+    for await (const p of r.fullStream) parts.push(part(p));
+    return {
+      parts,
+      text: await r.text,
+      finishReason: await r.finishReason,
+      steps: (await r.steps).map((s) => ({ finishReason: s.finishReason, text: s.text })),
     };
   },
 

@@ -1,18 +1,18 @@
-"""The OpenAI-compatible provider client on aiohttp, and the pool that picks a provider per request.
+"""The OpenAI-compatible provider client on aiohttp: ``Provider``, a ``types.ModelClient``.
 
-``Provider`` is a ``types.ModelClient``: ``complete`` and ``stream`` POST ``{base_url}/chat/completions``;
-``list_models`` reads the configured list or ``GET {base_url}/models``. One pooled ``aiohttp.ClientSession``
-(``Http``, made on first use) serves every provider; HTTP(S)_PROXY / NO_PROXY and SSL_CERT_FILE /
-SSL_CERT_DIR (else certifi's bundle) apply as they did with httpx.
+``complete`` and ``stream`` POST ``{base_url}/chat/completions``; ``list_models`` reads the configured list
+or ``GET {base_url}/models``. The session, TLS and proxies are ``transport``'s; what the provider's JSON
+means is ``normalize``'s and ``completion``'s; this module does the requests, the retries and the relay.
 
 Failures, as the client sees them (the provider's own message is carried, its key never):
 
-    connection error, 429, 5xx      retried (``attempts`` in all, exponential backoff with jitter,
+    connection error, 408, 429, 5xx retried (``attempts`` in all, exponential backoff with jitter,
                                     ``Retry-After`` honoured up to ``retry_after_cap``), only before
                                     the answer's body is read, so never after a Delta was yielded
     400 404 422 (other 4xx)         ProviderRejected (400), ContextWindowExceeded when the prompt is too long
     401 403                         ProviderError (502): the provider rejected the API key
-    429 5xx after retries           ProviderError (502)
+    429 after retries               RateLimited (429), its ``retry_after`` the provider's last Retry-After
+    408 5xx after retries           ProviderError (502)
     cannot connect                  ProviderError (502) naming the provider and its URL;
                                     NoProvider (503) for a guessed local Ollama (``probe``)
     silent for read_timeout         ProviderTimeout (504); SSE comments are bytes, so they reset it
@@ -24,109 +24,32 @@ Failures, as the client sees them (the provider's own message is carried, its ke
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import email.utils
 import functools
 import logging
-import os
 import random
-import ssl
-import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import aiohttp
-import certifi
-from aiohttp.helpers import get_env_proxy_for_url
-from yarl import URL
 
 from sorat_daemon import __version__, errors, wire
-from sorat_daemon.config import ProviderSettings, Settings
+from sorat_daemon.config import ProviderSettings
+from sorat_daemon.providers.completion import coalesce, parse_completion
+from sorat_daemon.providers.normalize import DeltaNormalizer, error_fields, is_context_window
+from sorat_daemon.providers.sse import Event, SSEDecoder
+from sorat_daemon.providers.transport import Http, retry_after, route
 from sorat_daemon.types import JSON, Delta, ModelCall, ModelResult, ToolCallDelta
 
 log = logging.getLogger("sorat.providers")
 
-AGENT_MODELS = ("sorat-agent", "default")
 _NET_ERRORS: tuple[type[BaseException], ...] = (OSError, aiohttp.ClientError)
-
-
-class Http:
-    """The one pooled aiohttp session of every provider, made inside the running loop on first use."""
-
-    def __init__(self) -> None:
-        self._session: aiohttp.ClientSession | None = None
-
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=1000, keepalive_timeout=30),
-                cookie_jar=aiohttp.DummyCookieJar(),
-                auto_decompress=True,
-            )
-        return self._session
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-
-@functools.cache
-def _tls() -> ssl.SSLContext:
-    """Verification as httpx did it: SSL_CERT_FILE or SSL_CERT_DIR when set, else certifi's bundle. Made on
-    the first https request (it costs ~25 ms), then shared."""
-    if os.environ.get("SSL_CERT_FILE"):
-        context = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
-    elif os.environ.get("SSL_CERT_DIR"):
-        context = ssl.create_default_context(capath=os.environ["SSL_CERT_DIR"])
-    else:
-        context = ssl.create_default_context(cafile=certifi.where())
-    context.set_alpn_protocols(["http/1.1"])
-    return context
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    ms = headers.get("retry-after-ms")
-    if ms:
-        with contextlib.suppress(ValueError):
-            return max(0.0, float(ms) / 1000)
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _extra(call: JSON) -> JSON | None:
     return {k: v for k, v in call.items() if k not in ("id", "type", "function")} or None
 
 
-def _error_fields(raw: bytes) -> tuple[str, Any, Any, Any]:
-    """message, type, code, param of an error body, whatever its shape (JSON or not)."""
-    try:
-        obj = wire.loads(raw)
-    except ValueError:
-        obj = None
-    if isinstance(obj, dict | list) and obj:
-        inner = obj.get("error") if isinstance(obj, dict) else None
-        fields = inner if isinstance(inner, dict) else obj if isinstance(obj, dict) else {}
-        return wire.error_text(obj), fields.get("type"), fields.get("code"), fields.get("param")
-    text = raw.decode("utf-8", "replace")
-    if "<html" in text[:500].lower() or "<!doctype" in text[:500].lower():
-        return "an HTML page instead of an API answer", None, None, None
-    return " ".join(text.split())[:300] or "no details", None, None, None
-
-
-def _deltas(
-    norm: wire.DeltaNormalizer, events: list[wire.Event]
-) -> tuple[list[Delta], errors.ProviderError | None]:
+def _deltas(norm: DeltaNormalizer, events: list[Event]) -> tuple[list[Delta], errors.ProviderError | None]:
     """The coalesced deltas of one read, and the error that ended it: what came before an error still
     reaches the client."""
     out: list[Delta | None] = []
@@ -134,8 +57,8 @@ def _deltas(
         for ev in events:
             out.append(norm.event(ev))
     except errors.ProviderError as e:
-        return wire.coalesce(out), e
-    return wire.coalesce(out), None
+        return coalesce(out), e
+    return coalesce(out), None
 
 
 class Provider:
@@ -221,7 +144,7 @@ class Provider:
         except _NET_ERRORS as e:
             raise self._connect_error(e) from None
         if not 200 <= response.status < 300:
-            raise self._status_error(response.status, raw)
+            raise self._status_error(response.status, raw, retry_after(response.headers))
         try:
             data = wire.loads(raw).get("data")
             return [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
@@ -253,14 +176,8 @@ class Provider:
 
     @functools.cached_property
     def _route(self) -> dict[str, Any]:
-        """The TLS context (https only) and the environment's proxy (HTTP(S)_PROXY, NO_PROXY) of each
-        request, looked up on the first. The session does not ``trust_env``: aiohttp would then look both
-        up in threads on every request, and a ~/.netrc entry for the host would clash with the API key."""
-        url = URL(self.base_url)
-        route: dict[str, Any] = {"ssl": _tls()} if url.scheme == "https" else {}
-        with contextlib.suppress(LookupError):
-            route["proxy"], route["proxy_auth"] = get_env_proxy_for_url(url)
-        return route
+        """``transport.route`` of each request, looked up on the first."""
+        return route(self.base_url)
 
     async def _post(self, call: ModelCall, stream: bool) -> aiohttp.ClientResponse:
         """POST until a 2xx response (open, its body unread) or a mapped error."""
@@ -297,10 +214,11 @@ class Provider:
                     self._stream_options = False
                     body.pop("stream_options", None)
                     continue
-                failure = self._status_error(status, raw)
-                if status not in (408, 429) and status < 500:
+                retryable = status in (408, 429) or status >= 500
+                wait = retry_after(response.headers) if retryable else None
+                failure = self._status_error(status, raw, wait)
+                if not retryable:
                     raise failure
-                wait = _retry_after(response.headers)
             attempt += 1
             if attempt >= self._attempts:
                 raise failure
@@ -326,11 +244,12 @@ class Provider:
                 for i, c in enumerate(calls)
             ]
             if msg.get("content") or msg.get("reasoning_content") or deltas:
-                yield Delta(msg.get("content") or None, msg.get("reasoning_content"), deltas or None)
+                content, reasoning = msg.get("content") or None, msg.get("reasoning_content")
+                yield Delta(content, reasoning, deltas or None, logprobs=result.logprobs)
             yield Delta(finish_reason=result.finish_reason, usage=result.usage)
             return
-        decoder = wire.SSEDecoder()
-        norm = wire.DeltaNormalizer(self._label)
+        decoder = SSEDecoder()
+        norm = DeltaNormalizer(self._label)
         chunks = response.content.iter_any()  # whatever one read brought
         try:
             while not norm.done:
@@ -385,7 +304,7 @@ class Provider:
         except ValueError:
             raise self._not_json(response, raw) from None
         try:
-            return wire.parse_completion(obj, self._label)
+            return parse_completion(obj, self._label)
         except errors.ProviderError as e:
             raise self._scrub(e) from None
 
@@ -412,8 +331,9 @@ class Provider:
             f"Cannot connect to the provider {self.name!r} at {self.base_url}: {detail}"
         )
 
-    def _status_error(self, status: int, raw: bytes) -> errors.ProviderError:
-        message, kind, code, param = _error_fields(raw)
+    def _status_error(self, status: int, raw: bytes, wait: float | None = None) -> errors.ProviderError:
+        """The error for a provider's non-2xx answer; ``wait`` is its Retry-After, for a 429."""
+        message, kind, code, param = error_fields(raw)
         if status in (401, 403):
             if not self.settings.api_key:
                 hint = "it needs an API key: set api_key or api_key_env for it in config.toml"
@@ -422,9 +342,13 @@ class Provider:
             e = errors.ProviderError(
                 f"The provider {self.name!r} rejected the API key (HTTP {status}): {message}; {hint}"
             )
-        elif status in (408, 429) or status >= 500:
+        elif status == 429:
+            e = errors.RateLimited(
+                f"The provider {self.name!r} rate-limited the request (HTTP 429): {message}", retry_after=wait
+            )
+        elif status == 408 or status >= 500:
             e = errors.ProviderError(f"The provider {self.name!r} failed (HTTP {status}): {message}")
-        elif wire.is_context_window(message, kind, code):
+        elif is_context_window(message, kind, code):
             e = errors.ContextWindowExceeded(message, code="context_length_exceeded")
         else:
             if status == 404 and message == "an HTML page instead of an API answer":
@@ -450,201 +374,3 @@ class Provider:
                 f"{self._label} answered with something that is not JSON ({kind}): {snippet!r}"
             )
         )
-
-
-class ReportingProvider(Provider):
-    """A Provider that tells its pool how each call went (the tray shows the last failure)."""
-
-    def __init__(
-        self, *args: Any, report: Callable[[Provider, errors.SoratError | None], None], **kw: Any
-    ) -> None:
-        super().__init__(*args, **kw)
-        self._report = report
-
-    async def complete(self, call: ModelCall) -> ModelResult:
-        try:
-            result = await super().complete(call)
-        except errors.ProviderRejected:
-            raise
-        except (errors.ProviderError, errors.NoProvider) as e:
-            self._report(self, e)
-            raise
-        self._report(self, None)
-        return result
-
-    async def stream(self, call: ModelCall) -> AsyncGenerator[Delta, None]:
-        inner = super().stream(call)
-        try:
-            async for delta in inner:
-                yield delta
-        except errors.ProviderRejected:
-            raise
-        except (errors.ProviderError, errors.NoProvider) as e:
-            self._report(self, e)
-            raise
-        finally:
-            await inner.aclose()
-        self._report(self, None)
-
-
-class ProviderPool:
-    """Every configured provider, their models (configured at once, discovered in the background), and
-    the choice of provider and model for each request."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        on_status: Callable[[str | None], None] | None = None,
-        attempts: int = 3,
-        backoff_base: float = 0.5,
-        backoff_cap: float = 8.0,
-        retry_after_cap: float = 30.0,
-        connect_timeout: float = 10.0,
-        finish_grace: float = 5.0,
-    ) -> None:
-        self.settings = settings
-        self._on_status = on_status
-        self._http = Http()
-        where = str(settings.file) if settings.file else "config.toml"
-        self._no_provider_message = (
-            f"No LLM provider is configured. Add a [[providers]] block (name, base_url, api_key) to {where}, "
-            "or set OPENAI_API_KEY (and OPENAI_BASE_URL for another OpenAI-compatible API); a local Ollama "
-            "at http://127.0.0.1:11434/v1 is used when it runs."
-        )
-        self.providers = [
-            ReportingProvider(
-                p,
-                self._http,
-                report=self._reported,
-                read_timeout=settings.agent.provider_read_timeout_s,
-                connect_timeout=min(connect_timeout, 2.0) if p.probe else connect_timeout,
-                attempts=attempts,
-                backoff_base=backoff_base,
-                backoff_cap=backoff_cap,
-                retry_after_cap=retry_after_cap,
-                finish_grace=finish_grace,
-                no_provider_message=self._no_provider_message,
-            )
-            for p in settings.providers
-        ]
-        self._models: dict[str, list[str]] = {p.name: list(p.settings.models) for p in self.providers}
-        self._down: dict[str, float] = {}  # probe providers found not answering → when (monotonic)
-        self._discovered_at: dict[str, float] = {}
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        """Start discovering models (and probing a guessed Ollama) in the background; returns at once."""
-        self._spawn_discovery()
-
-    async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._http.aclose()
-
-    async def ready(self) -> None:
-        """Wait for the discovery in progress, if any (tests, `sorat model`)."""
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(self._task)
-
-    async def refresh_models(self) -> None:
-        await asyncio.gather(*(self._discover(p) for p in self.providers))
-
-    def models(self) -> list[tuple[str, str]]:
-        """(model id, provider name) known so far, each model once (the first provider offering it)."""
-        seen: dict[str, str] = {}
-        for p in self.providers:
-            if p.name in self._down:
-                continue
-            for m in self._models.get(p.name, ()):
-                seen.setdefault(m, p.name)
-        return list(seen.items())
-
-    def default_owner(self) -> str:
-        """The provider that serves the active model when no list names it."""
-        usable = self._usable()
-        return usable[0].name if usable else "sorat"
-
-    def no_provider(self) -> str | None:
-        """Why no provider can be used, or None."""
-        return None if self._usable() else self._no_provider_message
-
-    def resolve(self, requested: str | None, active: str) -> tuple[Provider, str]:
-        """The provider and model for a request: a model some provider offers is used as asked; anything
-        else ("sorat-agent", "default", None, an unknown name) means the active model."""
-        usable = self._usable()
-        if not usable:
-            self._spawn_discovery(stale_after=1.0)  # a local Ollama started since may answer next time
-            raise errors.NoProvider(self._no_provider_message)
-        model = active
-        if requested and requested not in AGENT_MODELS:
-            for p in usable:
-                if requested in self._models.get(p.name, ()):
-                    return p, requested
-        for p in usable:
-            if model in self._models.get(p.name, ()):
-                return p, model
-        return usable[0], model
-
-    # --- internals ---
-
-    def _usable(self) -> list[Provider]:
-        return [p for p in self.providers if p.name not in self._down]
-
-    def _spawn_discovery(self, stale_after: float | None = None) -> None:
-        if self._task is not None and not self._task.done():
-            return
-        if stale_after is not None:
-            now = time.monotonic()
-            if all(now - self._discovered_at.get(p.name, 0.0) < stale_after for p in self.providers):
-                return
-        with contextlib.suppress(RuntimeError):  # no running loop: nothing to do in the background
-            self._task = asyncio.get_running_loop().create_task(self.refresh_models())
-
-    async def _discover(self, p: Provider) -> None:
-        try:
-            models = await p.list_models()
-        except (errors.ProviderError, errors.NoProvider) as e:
-            self._discovered_at[p.name] = time.monotonic()
-            if p.probe:
-                log.info("no local Ollama at %s", p.base_url)
-                self._mark_down(p)
-            else:
-                log.warning("%s: cannot list models: %s", p.name, e.message)
-            return
-        except Exception:  # a bug must not kill discovery of the other providers
-            log.exception("%s: model discovery failed", p.name)
-            return
-        self._discovered_at[p.name] = time.monotonic()
-        if models or not self._models.get(p.name):
-            self._models[p.name] = models
-        if p.probe:
-            log.info("using the local Ollama at %s (%d models)", p.base_url, len(models))
-            self._mark_up(p)
-
-    def _mark_down(self, p: Provider) -> None:
-        self._down[p.name] = time.monotonic()
-        if self._on_status is not None and not self._usable():
-            self._on_status(self._no_provider_message)
-
-    def _mark_up(self, p: Provider) -> None:
-        was_down = self._down.pop(p.name, None) is not None
-        if was_down and self._on_status is not None:
-            self._on_status(None)
-
-    def _reported(self, p: Provider, failure: errors.SoratError | None) -> None:
-        if failure is None:
-            if p.probe and p.name in self._down:
-                self._mark_up(p)
-                self._spawn_discovery()
-            if self._on_status is not None:
-                self._on_status(None)
-            return
-        if isinstance(failure, errors.NoProvider):
-            self._mark_down(p)
-            return
-        if self._on_status is not None:
-            self._on_status(failure.message)
