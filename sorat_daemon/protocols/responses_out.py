@@ -1,5 +1,5 @@
-"""OpenAI Responses out: the agent's events as the Responses event stream, or one Response object; and a
-session's visible messages as Responses items. Pure: no I/O.
+"""OpenAI Responses out: the agent's events as the Responses event stream, or one Response object.
+Pure: no I/O.
 
 What the clients hold a server to (CLIENTS.md): ``response.created`` first and one response id on every
 lifecycle event; ``sequence_number`` rising from 0; per item ``output_item.added`` before its content
@@ -8,6 +8,10 @@ round (a later round's text is a new message item); ``response.completed`` carry
 and ``usage`` with all three totals and both detail objects; ``response.in_progress`` while tools run
 (Codex's idle timer ignores SSE comments). Internal tool calls are never ``function_call`` items: a
 client runs every one it gets.
+
+Every Codex turn and every editor keystroke comes through here, so the frames that recur (text deltas,
+a message item's start and end, the lifecycle events) are spliced from bytes encoded once per item or
+per response, and the Response object's fixed settings are encoded once per response.
 """
 
 from __future__ import annotations
