@@ -1,6 +1,6 @@
 """sorat's benchmark: a scripted upstream, ``sorat serve`` (and LiteLLM's proxy when given), side by side.
 
-    python bench/bench.py [--quick] [--json results.json] [--litellm /path/to/venv/bin/litellm]
+    python bench/bench.py [--quick] [--json results.json] [--litellm /path/to/venv/bin/litellm] [--responses]
 
 What it reports (medians and ratios, since machines are noisy):
 - start-up: launch to a served ``/health`` (median of 3); idle RSS headless (and with the tray when Xvfb
@@ -16,7 +16,10 @@ What it reports (medians and ratios, since machines are noisy):
 - a long stateless history: a 200-turn conversation resent whole on every turn (a 17 kB system prompt,
   ~800 kB by the end, no session header, as Codex and Claude Code send it): sorat's own cost per turn
   (its time minus the upstream's for the same body) near turn 1 and near turn 200;
-- the session store figures of ``bench/bench_sessions.py``.
+- the session store figures of ``bench/bench_sessions.py``;
+- the same latency and load through ``/v1/responses`` beside chat's, and a Codex-shaped conversation of
+  200 requests growing to ~1 MB (``bench/bench_codex.py``): what sorat adds per request, wall and CPU.
+  ``--responses`` runs only these, chat and responses in turns (two rounds, averaged).
 
 The upstream runs in this process (its own thread and loop); every load generator runs in its own
 process, so neither steals the other's interpreter. The load generator's ceiling is the "upstream alone"
@@ -44,20 +47,24 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import bench_codex  # noqa: E402
 import bench_messages  # noqa: E402
 
 from tests.upstream import Upstream, text, tool_calls  # noqa: E402
 
 ANSWER = "The quick brown fox jumps over the lazy dog and keeps on running far away."
-FIRST_CONTENT = b'"content":"'
-FIRST_TEXT = b'"text":"'  # /v1/messages: a text_delta (content_block_start's "text":"" is not one)
+FIRST_CONTENT = {  # the first text, per protocol (content_block_start's "text":"" is not one)
+    "chat": b'"content":"',
+    "responses": b'"delta":"',
+    "messages": b'"text":"',
+}
 
 
 # -- load generators (each in its own process) -------------------------------------------------------
 
 
-def _first_token_at(buf: bytes, marker: bytes = FIRST_CONTENT) -> bool:
-    """A chunk with non-empty content has arrived."""
+def _first_token_at(buf: bytes, marker: bytes) -> bool:
+    """A chunk with non-empty content (chat) or a text delta (responses) has arrived."""
     i = buf.find(marker)
     while i != -1:
         j = i + len(marker)
@@ -68,7 +75,7 @@ def _first_token_at(buf: bytes, marker: bytes = FIRST_CONTENT) -> bool:
 
 
 async def _one(
-    session: Any, url: str, headers: dict[str, str], body: bytes, stream: bool, marker: bytes = FIRST_CONTENT
+    session: Any, url: str, headers: dict[str, str], body: bytes, stream: bool, marker: bytes
 ) -> tuple[float, float, int]:
     """(time to first content, total time, chunks) of one request."""
     t0 = time.perf_counter()
@@ -98,7 +105,16 @@ def _worker(conn: Any, job: dict[str, Any]) -> None:
         uvloop.install()
     except ImportError:
         pass
-    conn.send(asyncio.run(_long_history(job) if job.get("kind") == "long_history" else _job(job)))
+    kind = job.get("kind")
+    if kind == "long_history":
+        result = asyncio.run(_long_history(job))
+    elif kind == "codex":
+        result = asyncio.run(bench_codex.conversation(job))
+    elif kind == "replay":
+        result = asyncio.run(bench_codex.replay(job))
+    else:
+        result = asyncio.run(_job(job))
+    conn.send(result)
     conn.close()
 
 
@@ -151,11 +167,12 @@ async def _job(job: dict[str, Any]) -> dict[str, Any]:
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    body_obj: dict[str, Any] = {"model": job.get("model", "gpt-4o"), "stream": stream}
-    marker = FIRST_CONTENT
-    if job.get("protocol") == "messages":
+    body_obj: dict[str, Any] = {"model": job.get("model", "gpt-4o"), "stream": stream, **job.get("extra", {})}
+    protocol = job.get("protocol", "chat")
+    field = "input" if protocol == "responses" else "messages"  # the same user message either way
+    marker = FIRST_CONTENT[protocol]
+    if protocol == "messages":
         body_obj["max_tokens"] = 1024
-        marker = FIRST_TEXT
     conc = job.get("concurrency", 1)
     connector = aiohttp.TCPConnector(limit=conc, force_close=False)
     timeout = aiohttp.ClientTimeout(total=600)
@@ -166,17 +183,16 @@ async def _job(job: dict[str, Any]) -> dict[str, Any]:
 
         async def loop() -> None:
             for i in counter:
-                body_obj["messages"] = [{"role": "user", "content": f"request {i} {job.get('tag', '')}"}]
+                body_obj[field] = [{"role": "user", "content": f"request {i} {job.get('tag', '')}"}]
                 try:
-                    results.append(
-                        await _one(session, url, headers, json.dumps(body_obj).encode(), stream, marker)
-                    )
+                    data = json.dumps(body_obj).encode()
+                    results.append(await _one(session, url, headers, data, stream, marker))
                 except Exception as e:  # counted, reported
                     errors.append(str(e)[:200])
 
         # a few unmeasured requests warm the connection pool and the daemon's caches
         for _ in range(min(job.get("warmup", 0), job["count"])):
-            body_obj["messages"] = [{"role": "user", "content": "warm-up"}]
+            body_obj[field] = [{"role": "user", "content": "warm-up"}]
             await _one(session, url, headers, json.dumps(body_obj).encode(), stream, marker)
         t0 = time.perf_counter()
         await asyncio.gather(*(loop() for _ in range(conc)))
@@ -352,7 +368,13 @@ def cpu_seconds(pid: int) -> float:
 
 
 def load(
-    url: str, token: str | None, n: int, concurrency: int = 32, pid: int | None = None, protocol: str = "chat"
+    url: str,
+    token: str | None,
+    n: int,
+    concurrency: int = 32,
+    pid: int | None = None,
+    protocol: str = "chat",
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """Streamed requests at ``concurrency``; with ``pid``, also that process' CPU time per request, a
     figure that a busy machine disturbs much less than a rate."""
@@ -367,6 +389,7 @@ def load(
         warmup=warmup,
         tag="load",
         protocol=protocol,
+        extra=extra or {},
     )
     result = {"req_per_s": len(out["results"]) / out["wall"], "errors": len(out["errors"])}
     if pid:
@@ -533,6 +556,11 @@ def main() -> int:
     )
     ap.add_argument("--skip-store", action="store_true", help="leave out the session store figures")
     ap.add_argument(
+        "--responses",
+        action="store_true",
+        help="only /v1/responses beside /v1/chat/completions (latency, load; alternated) and the Codex rows",
+    )
+    ap.add_argument(
         "--only-history", action="store_true", help="only the long-history row (its own daemon and upstream)"
     )
     args = ap.parse_args()
@@ -553,6 +581,14 @@ def main() -> int:
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))
         return 0
+    if args.responses:
+        with Upstream(models=["gpt-4o"]) as up:
+            up.default = text(ANSWER, chunks=16)
+            results = responses_figures(up, n_lat, n_load)
+        report_responses(results)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+        return 0
     with Upstream(models=["gpt-4o"]) as up:
         up.default = text(ANSWER, chunks=16)
         direct = up.base_url + "/chat/completions"
@@ -563,15 +599,21 @@ def main() -> int:
         s = Sorat(up.base_url)
         s.start()
         api = s.url + "/v1/chat/completions"
+        responses_api = s.url + "/v1/responses"
         try:
             results["latency"] = {
                 "upstream": latency(direct, None, n_lat),
                 "sorat": latency(api, s.token, n_lat),
+                "sorat_responses": latency(responses_api, s.token, n_lat, protocol="responses"),
             }
             results["load_c32"] = {
                 "upstream": load(direct, None, n_load),
                 "sorat": load(api, s.token, n_load, pid=s.proc.pid),
             }
+            wait_titles(s)  # the chat load's titles, generated before the responses load begins
+            results["load_c32"]["sorat_responses"] = load(
+                responses_api, s.token, n_load, pid=s.proc.pid, protocol="responses"
+            )
             results["titles_after_load"] = wait_titles(s)
             results["messages_vs_chat"] = bench_messages.versus_chat(
                 run_job, api, s.url + "/v1/messages", s.token, n_lat, n_load, s.proc.pid, cpu_seconds
@@ -594,6 +636,7 @@ def main() -> int:
             results["long_history"] = long_history(up, s, turns=200, runs=1 if args.quick else 3)
         finally:
             s.cleanup()
+        results["codex"] = codex_figures(up)
 
         fresh = Sorat(up.base_url)  # the conversation's cost, not that of the thousands of sessions above
         fresh.start()
@@ -624,6 +667,80 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
+
+
+def responses_figures(up: Upstream, n_lat: int, n_load: int, rounds: int = 2) -> dict[str, Any]:
+    """Chat and responses measured in turns (``rounds`` each, averaged: a machine's drift hits both),
+    then the Codex conversation; one daemon."""
+    direct = up.base_url + "/chat/completions"
+    s = Sorat(up.base_url)
+    s.start()
+    assert s.proc is not None
+    urls = {"sorat": s.url + "/v1/chat/completions", "sorat_responses": s.url + "/v1/responses"}
+    protocols = {"sorat": "chat", "sorat_responses": "responses"}
+    lat: dict[str, list[dict[str, float]]] = {"upstream": [], "sorat": [], "sorat_responses": []}
+    ld: dict[str, list[dict[str, float]]] = {"upstream": [], "sorat": [], "sorat_responses": []}
+    try:
+        for _ in range(rounds):
+            lat["upstream"].append(latency(direct, None, n_lat))
+            ld["upstream"].append(load(direct, None, n_load))
+            for name, url in urls.items():
+                wait_titles(s)  # each starts without the titles the one before left to generate
+                lat[name].append(latency(url, s.token, n_lat, protocol=protocols[name]))
+                wait_titles(s)
+                ld[name].append(load(url, s.token, n_load, pid=s.proc.pid, protocol=protocols[name]))
+    finally:
+        s.cleanup()
+    codex = codex_figures(up)
+
+    def mean(runs: list[dict[str, float]]) -> dict[str, float]:
+        return {k: statistics.fmean(r[k] for r in runs) for k in runs[0]}
+
+    return {
+        "latency": {k: mean(v) for k, v in lat.items()},
+        "load_c32": {k: mean(v) for k, v in ld.items()},
+        "codex": codex,
+    }
+
+
+def codex_figures(up: Upstream) -> dict[str, Any]:
+    """The Codex-shaped conversation, on a fresh daemon (a load's thousands of sessions are not its)."""
+    s = Sorat(up.base_url)
+    s.start()
+    assert s.proc is not None
+    try:
+        return bench_codex.added_per_request(up, s.url + "/v1/responses", s.token, s.proc.pid, run_job)
+    finally:
+        s.cleanup()
+
+
+def report_responses(r: dict[str, Any]) -> None:
+    lat, load_ = r["latency"], r["load_c32"]
+    up = lat["upstream"]
+    print(f"{'':34}{'chat':>12}{'responses':>12}{'ratio':>8}")
+    rows = (
+        ("first_token_p50_ms", "added first token p50 (ms)"),
+        ("first_token_p99_ms", "added first token p99 (ms)"),
+        ("whole_p50_ms", "added whole answer p50 (ms)"),
+    )
+    for key, name in rows:
+        a, b = lat["sorat"][key] - up[key], lat["sorat_responses"][key] - up[key]
+        print(f"{name:34}{a:12.2f}{b:12.2f}{b / a if a else float('nan'):8.2f}")
+    a, b = load_["sorat"]["req_per_s"], load_["sorat_responses"]["req_per_s"]
+    alone = load_["upstream"]["req_per_s"]
+    print(f"{'streamed req/s at c32':34}{a:12.1f}{b:12.1f}{b / a:8.2f}   (upstream alone {alone:.0f})")
+    a, b = load_["sorat"]["cpu_ms_per_request"], load_["sorat_responses"]["cpu_ms_per_request"]
+    print(f"{'sorat CPU per request at c32 (ms)':34}{a:12.2f}{b:12.2f}{b / a:8.2f}")
+    errors = sum(lat[k]["errors"] + load_[k]["errors"] for k in ("sorat", "sorat_responses"))
+    print(f"errors: {errors:g}")
+    codex = r["codex"]
+    print(f"Codex-shaped conversation ({bench_codex.REQUESTS} requests, medians of {bench_codex.WINDOW}):")
+    head = f"  {'request':>8}{'body kB':>10}{'upstream ms':>13}{'sorat ms':>10}{'added ms':>10}"
+    print(head + f"{'sorat CPU ms':>14}{'(chat CPU ms)':>15}")
+    for end, w in codex["windows"].items():
+        kb, upstream_ms, sorat_ms, added = w["body_kb"], w["upstream_ms"], w["sorat_ms"], w["added_ms"]
+        cpu = f"{w['sorat_cpu_ms']:14.2f}{w['chat_cpu_ms']:15.2f}"
+        print(f"  {end:>8}{kb:10.0f}{upstream_ms:13.2f}{sorat_ms:10.2f}{added:10.2f}{cpu}")
 
 
 def history_line(h: dict[str, Any]) -> str:
@@ -704,6 +821,9 @@ def report(r: dict[str, Any]) -> None:
     )
     if "session_store" in r:
         print("session store:", json.dumps(r["session_store"]))
+    if "sorat_responses" in lat and "codex" in r:
+        print("\n/v1/responses beside /v1/chat/completions (the same daemon, one after the other):")
+        report_responses(r)
 
 
 def report_messages(r: dict[str, Any]) -> None:

@@ -29,6 +29,7 @@ class Runtime:
     def __init__(self, home: Home, settings: config.Settings, state: StateHub) -> None:
         from sorat_daemon.providers import ProviderPool
         from sorat_daemon.sessions import SessionStore
+        from sorat_daemon.sessions.responses import ResponseStore
         from sorat_daemon.titles import Activity, TitleWorker
         from sorat_daemon.tools.manager import ToolManager
 
@@ -40,6 +41,7 @@ class Runtime:
         self.token = tokens.load_or_create(home.token)
         self.pool = ProviderPool(settings, on_status=lambda msg: state.update(provider_error=msg))
         self.store = SessionStore(home.sessions)
+        self.responses = ResponseStore(home.sessions)  # what resp_… ids stand for
         secret_names = {p.api_key_env for p in settings.providers if p.api_key_env}
         self.tools = ToolManager(home, state, secret_env_names=secret_names)
         self.activity = Activity()  # answers in flight: titles give way to them
@@ -49,6 +51,7 @@ class Runtime:
 
     async def start(self) -> None:
         await self.store.open()
+        await self.responses.open()
         await self.pool.start()
         await self.tools.start()
         await self.titles.start()
@@ -63,6 +66,7 @@ class Runtime:
         await self.titles.aclose()
         await self.tools.aclose()
         await self.pool.aclose()
+        await self.responses.close()
         await self.store.close()
 
     def tool_context(self, session_id: str | None) -> ToolContext:

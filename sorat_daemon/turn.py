@@ -94,6 +94,12 @@ class Run:
             self._answered(ev.message)
         return ev
 
+    @property
+    def visible_count(self) -> int | None:
+        """How many messages the session's visible conversation holds now (None: stored nowhere); read at
+        the end of a turn, it is where that turn's answer ends."""
+        return self._turn.visible_count if self._turn is not None else None
+
     async def answer(self) -> agent.Done:
         """Runs to the end: the final event (a whole answer)."""
         async for ev in self:

@@ -175,7 +175,10 @@ def test_litellm_stream_chunk_builder_has_no_phantom_tool_calls(
     upstream.script(text("You're welcome."))
     again = litellm.completion(messages=messages, stream=True, **common)
     assert "".join(c.choices[0].delta.content or "" for c in again if c.choices) == "You're welcome."
-    assert sent_roles(upstream.requests_for('litellm: what time is it?')[-1]) == "user assistant tool assistant user"
+    assert (
+        sent_roles(upstream.requests_for("litellm: what time is it?")[-1])
+        == "user assistant tool assistant user"
+    )
     assert_one_session(daemon, "litellm: what time is it?", "user assistant tool assistant user assistant")
 
 
@@ -259,7 +262,10 @@ async def test_agents_sdk_run_streamed_then_a_second_turn(
     upstream.script(text("You're welcome."))
     second = await streamed(agent, [*first.to_input_list(), {"role": "user", "content": "thanks"}])
     assert second.final_output == "You're welcome."
-    assert sent_roles(upstream.requests_for('agents sdk: what time is it?')[-1]) == "system user assistant tool assistant user"
+    assert (
+        sent_roles(upstream.requests_for("agents sdk: what time is it?")[-1])
+        == "system user assistant tool assistant user"
+    )
     assert_one_session(
         daemon, "agents sdk: what time is it?", "system user assistant tool assistant user assistant"
     )
@@ -347,7 +353,10 @@ async def test_pydantic_ai_streamed_run_then_a_second_run(
     upstream.script(text("You're welcome."))
     second = await agent.run("thanks", message_history=run.all_messages())
     assert second.output == "You're welcome."
-    assert sent_roles(upstream.requests_for('pydantic-ai: what time is it?')[-1]) == "user assistant tool assistant user"
+    assert (
+        sent_roles(upstream.requests_for("pydantic-ai: what time is it?")[-1])
+        == "user assistant tool assistant user"
+    )
     assert_one_session(
         daemon, "pydantic-ai: what time is it?", "user assistant tool assistant user assistant"
     )
@@ -373,7 +382,10 @@ async def test_pydantic_ai_two_rounds_of_text_then_a_second_run(
     assert said[-1] == "Checking. \n\nIt is noon."
     upstream.script(text("You're welcome."))
     await agent.run("thanks", message_history=run.all_messages())
-    assert sent_roles(upstream.requests_for('pydantic-ai: two rounds of text')[-1]) == "user assistant tool assistant user"
+    assert (
+        sent_roles(upstream.requests_for("pydantic-ai: two rounds of text")[-1])
+        == "user assistant tool assistant user"
+    )
     assert_one_session(daemon, "pydantic-ai: two rounds of text")
 
 
@@ -420,5 +432,7 @@ async def test_pydantic_ai_structured_output_then_a_second_run(
     upstream.script(text("It is cold."))
     second = await pydantic_agent().run("and its weather?", message_history=first.all_messages())
     assert second.output == "It is cold."
-    assert sent_roles(upstream.requests_for('pydantic-ai structured: a city?')[-1]) == "user assistant tool user"
+    assert (
+        sent_roles(upstream.requests_for("pydantic-ai structured: a city?")[-1]) == "user assistant tool user"
+    )
     assert_one_session(daemon, "pydantic-ai structured: a city?", "user assistant tool user assistant")

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
 import sorat_daemon
-from sorat_daemon import errors, wire
+from sorat_daemon import agent, errors, wire
 from sorat_daemon.protocols.chat import parse_chat_request
 from sorat_daemon.providers.completion import ToolCallAccumulator, parse_completion
 from sorat_daemon.providers.normalize import DeltaNormalizer
@@ -205,6 +205,120 @@ def test_messages_parse_deeply_nested(deep: Any, where: str) -> None:
     if where in ("tools", "system"):
         body[where] = deep
     _check_messages_parse(_dumps(body))
+
+
+# --- the Responses parser and renderer --------------------------------------------------------------------
+
+_part = st.fixed_dictionaries(
+    {
+        "type": st.sampled_from(["input_text", "output_text", "input_image", "refusal", "input_file", "x"])
+        | _json
+    },
+    optional={"text": _json, "image_url": _json, "refusal": _json, "file_data": _json, "detail": _json},
+)
+_ITEM_TYPES = (
+    "message function_call function_call_output custom_tool_call custom_tool_call_output reasoning mcp_call "
+    "item_reference unknown"
+).split()
+_item = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": st.sampled_from(_ITEM_TYPES) | _json,
+        "role": _ROLE,
+        "content": _json | st.lists(_part | _json, max_size=3),
+        "call_id": st.sampled_from(["c1", "c2", ""]) | _json,
+        "name": st.sampled_from(["f", "g"]) | _json,
+        "namespace": st.sampled_from(["ns", ""]) | _json,
+        "arguments": _json,
+        "input": _json,
+        "output": _json | st.lists(_part | _json, max_size=2),
+    },
+)  # fmt: skip
+_rtool = st.fixed_dictionaries(
+    {"type": st.sampled_from(["function", "custom", "namespace", "web_search", "mcp"]) | _json},
+    optional={"name": _json | st.just("f"), "parameters": _json, "tools": st.lists(_json, max_size=2) | _json,
+              "format": _json, "description": _json},
+)  # fmt: skip
+_RFIELDS = (
+    "model stream store instructions previous_response_id conversation tool_choice temperature top_p "
+    "max_output_tokens parallel_tool_calls text reasoning metadata background include unknown_field"
+).split()
+_rrequest = st.fixed_dictionaries(
+    {"input": st.lists(_item | _json, max_size=5) | _json},
+    optional={**{name: _json for name in _RFIELDS}, "tools": st.lists(_rtool, max_size=3) | _json},
+)
+
+
+def _check_responses_parse(raw: bytes) -> None:
+    from sorat_daemon.protocols import responses_in
+
+    try:
+        req = responses_in.parse_request(raw)
+    except errors.RequestError as e:
+        assert e.status == 400 and e.message
+        return
+    messages = req.chat_messages()
+    assert all(m["role"] in ("system", "user", "assistant", "tool") for m in messages)
+    assert [m["role"] for m in messages[1:]].count("system") == 0  # one leading system message at most
+    wire.dumps({"messages": messages, "tools": req.tools, "tool_choice": req.tool_choice, **req.params})
+    wire.dumps(req.echo)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=_rrequest | _json)
+def test_responses_parse_random_requests(body: Any) -> None:
+    _check_responses_parse(_dumps(body))
+
+
+@settings(max_examples=100, deadline=None)
+@given(raw=st.binary(max_size=200))
+def test_responses_parse_random_bytes(raw: bytes) -> None:
+    _check_responses_parse(raw)
+
+
+_text = st.text(max_size=6)
+_event = st.one_of(
+    st.builds(agent.Text, _text, st.integers(0, 3)),
+    st.builds(agent.Reasoning, _text, st.integers(0, 3)),
+    st.builds(agent.ToolCall, st.sampled_from(["a", "b", "c"]), st.sampled_from(["f", "g"]), _text),
+    st.builds(lambda i: agent.ToolResult(i, "f", "{}", "out", 1.0), st.sampled_from(["a", "b", "c"])),
+    st.just(agent.KeepAlive()),
+)
+_calls = st.lists(
+    st.builds(
+        lambda i, name: {"id": i, "type": "function", "function": {"name": name, "arguments": "{}"}},
+        st.sampled_from(["call_1", "call_2"]), st.sampled_from(["f", "apply_patch", "ns__spawn"]),
+    ),
+    max_size=2,
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    events=st.lists(_event, max_size=12),
+    mode=st.sampled_from(["tool_calls", "reasoning", "none"]),
+    calls=_calls,
+    finish=st.sampled_from(["stop", "length", "content_filter", "error"]),
+)
+def test_responses_renderer_random_events(
+    events: list[Any], mode: str, calls: list[Any], finish: str
+) -> None:
+    from sorat_daemon.protocols.responses_items import ClientTool
+    from sorat_daemon.protocols.responses_out import Head, ResponsesRenderer
+    from tests.test_protocols_responses_out import check_stream, frames
+
+    tools = {
+        "apply_patch": ClientTool("custom", "apply_patch"),
+        "ns__spawn": ClientTool("function", "spawn", "ns"),
+    }
+    r = ResponsesRenderer(Head("resp_1", 1, "m"), mode, tools)
+    data = r.begin() + b"".join(r.event(e) for e in events)
+    if finish == "error":
+        data += r.fail(errors.ProviderError("broke"))
+    else:
+        message = {"role": "assistant", "content": "x", "tool_calls": calls} if calls else {"content": "x"}
+        data += r.end(agent.Done("tool_calls" if calls else finish, None, message))
+    check_stream(frames(data + r.close()))
 
 
 # --- SSEDecoder + DeltaNormalizer --------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from sorat_daemon.errors import (
     RequestError,
     SoratError,
 )
-from sorat_daemon.http import admin
+from sorat_daemon.http import admin, conversations, responses
 from sorat_daemon.http.asgi import BODY_TIMEOUT, SETTLE_LIMIT, access
 from sorat_daemon.http.chat import ChatEndpoint
 from sorat_daemon.http.endpoint import Endpoint
@@ -80,6 +80,7 @@ def create_app(rt: Runtime) -> Quart:
         ChatEndpoint(guard, rt.activity, pipeline),
         MessagesEndpoint(guard, rt.activity, pipeline),
         CountTokensEndpoint(guard, rt.activity),
+        responses.ResponsesEndpoint(guard, rt.activity, pipeline, rt),
     ):
         endpoints[endpoint.path] = endpoint
     app.endpoints = endpoints  # type: ignore[attr-defined]
@@ -160,4 +161,6 @@ def create_app(rt: Runtime) -> Quart:
         return error_response(SoratError("Internal server error; see sorat's log"))
 
     admin.register(app, rt, json_response)
+    responses.register(app, rt, json_response)
+    conversations.register(app, rt, json_response)
     return app

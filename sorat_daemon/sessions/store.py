@@ -66,6 +66,11 @@ class Turn:
     def set_model(self, model: str) -> None:
         self._model = model
 
+    @property
+    def visible_count(self) -> int:
+        """The length of the visible conversation now (of what ``SessionStore.visible`` returns)."""
+        return len(self._session.history.shown)
+
 
 class _TurnContext(contextlib.AbstractAsyncContextManager["Turn"]):
     def __init__(
@@ -186,6 +191,17 @@ class SessionStore:
                 messages.append(message)
             row["messages"] = messages
             return row
+
+    async def visible(self, session_id: str) -> list[Message] | None:
+        """The session's visible conversation (SPEC "History": what its client saw, each turn's assistant
+        text one message, internal tool traffic left out; the system prompt apart), or None if absent.
+        Sent back with new messages after it, it continues the session; cut short, it branches there."""
+        if not valid_session_id(session_id):
+            return None
+        key = key_of(session_id)
+        with self._pinned(key) as slot:
+            session = await self._cache.load(key, slot)
+            return None if session is None else [dict(s.message) for s in session.history.shown]
 
     async def delete(self, session_id: str) -> bool:
         if not valid_session_id(session_id):
