@@ -60,10 +60,14 @@ def assert_valid_conversation(messages: list[dict[str, Any]]) -> None:
 
 
 @pytest.fixture
-def chat(daemon: DaemonProc) -> Any:
+def chat(daemon: DaemonProc) -> Iterator[Any]:
     from langchain_openai import ChatOpenAI
 
-    return ChatOpenAI(base_url=daemon.base_url, api_key=daemon.token, model="sorat-agent", max_retries=0)
+    model = ChatOpenAI(base_url=daemon.base_url, api_key=daemon.token, model="sorat-agent", max_retries=0)
+    yield model
+    # Closed here, not by the garbage collector: collected in one cycle with its connections, the client
+    # may close after its sockets are finalized, and their ResourceWarning fails a later test.
+    model.root_client.close()
 
 
 def _summed(chunks: list[Any]) -> Any:
