@@ -63,11 +63,17 @@ def assert_valid_conversation(messages: list[dict[str, Any]]) -> None:
 def chat(daemon: DaemonProc) -> Iterator[Any]:
     from langchain_openai import ChatOpenAI
 
-    model = ChatOpenAI(base_url=daemon.base_url, api_key=daemon.token, model="sorat-agent", max_retries=0)
-    yield model
-    # Closed here, not by the garbage collector: collected in one cycle with its connections, the client
-    # may close after its sockets are finalized, and their ResourceWarning fails a later test.
-    model.root_client.close()
+    # An HTTP client of its own, closed here: left to the garbage collector (older langchain-openai), one
+    # collected in a cycle with its connections may close after its sockets are finalized, and their
+    # ResourceWarning fails a later test. Newer ones share a cached client: never close that one.
+    with httpx.Client() as http:
+        yield ChatOpenAI(
+            base_url=daemon.base_url,
+            api_key=daemon.token,
+            model="sorat-agent",
+            max_retries=0,
+            http_client=http,
+        )
 
 
 def _summed(chunks: list[Any]) -> Any:
