@@ -63,10 +63,20 @@ TOOL_CALLS = {"X-Sorat-Tool-Events": "tool_calls"}  # the opt-in mode that shows
 
 
 @pytest.fixture
-def chat(daemon: DaemonProc) -> Any:
+def chat(daemon: DaemonProc) -> Iterator[Any]:
     from langchain_openai import ChatOpenAI
 
-    return ChatOpenAI(base_url=daemon.base_url, api_key=daemon.token, model="sorat-agent", max_retries=0)
+    # An HTTP client of its own, closed here: left to the garbage collector (older langchain-openai), one
+    # collected in a cycle with its connections may close after its sockets are finalized, and their
+    # ResourceWarning fails a later test. Newer ones share a cached client: never close that one.
+    with httpx.Client() as http:
+        yield ChatOpenAI(
+            base_url=daemon.base_url,
+            api_key=daemon.token,
+            model="sorat-agent",
+            max_retries=0,
+            http_client=http,
+        )
 
 
 @pytest.fixture

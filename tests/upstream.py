@@ -826,7 +826,7 @@ class Upstream:
         self.models_requests += 1
         self._notify()
         denied = self._unauthorized(request)
-        if denied:
+        if denied is not None:  # not "if denied": an aiohttp Response is a mapping, falsy while empty
             return denied
         if self.models is None:
             return web.Response(status=404, text="404 page not found")
@@ -859,7 +859,7 @@ class Upstream:
                 self.headers.append({k.lower(): v for k, v in request.headers.items()})
             reply = self._next(body)
         self._notify()
-        if denied:
+        if denied is not None:  # not "if denied": an aiohttp Response is a mapping, falsy while empty
             return denied
         stream = body.get("stream") is True
         options = body.get("stream_options") or {}
