@@ -1,7 +1,7 @@
 """What both sides of sorat share: JSON encoding, message text, random ids, usage sums. Pure: no I/O.
 
-The bottom of the import graph (it imports nothing of sorat's): the client protocols (``protocols/``)
-and the provider client (``providers/``) both stand on it, and on nothing of each other.
+The bottom of the import graph (it imports only ``errors`` and ``types``): the client protocols
+(``protocols/``) and the provider client (``providers/``) both stand on it, and on nothing of each other.
 """
 
 from __future__ import annotations
@@ -11,11 +11,23 @@ from typing import Any
 
 import orjson
 
+from sorat_daemon.errors import RequestError
 from sorat_daemon.types import JSON
 
 
 def dumps(obj: Any) -> bytes:
     return orjson.dumps(obj)
+
+
+def json_object(body: bytes | str) -> JSON:
+    """A request body that must be a JSON object: every protocol's first check (400 otherwise)."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise RequestError(f"The request body is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise RequestError("The request body must be a JSON object")
+    return data
 
 
 def loads(data: bytes | str) -> Any:

@@ -9,9 +9,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from quart import Quart, Response, request
 
+from sorat_daemon import wire
 from sorat_daemon.errors import NotFound, RequestError
 from sorat_daemon.http.responses import page
 from sorat_daemon.protocols.responses_items import items_of, parse_items, with_system
@@ -26,13 +26,7 @@ async def _body() -> JSON:
     raw = await request.get_data()
     if not raw.strip():
         return {}
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        raise RequestError(f"The request body is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise RequestError("The request body must be a JSON object")
-    return data
+    return wire.json_object(raw)
 
 
 def _metadata(value: Any) -> dict[str, str] | None:

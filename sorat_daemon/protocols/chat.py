@@ -117,12 +117,7 @@ def _check_tools(tools: Any) -> list[JSON]:
 
 def parse_chat_request(body: bytes) -> ChatRequest:
     """A client's POST /v1/chat/completions body, checked; errors.RequestError (400) names the bad field."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise _bad(f"The request body is not valid JSON: {e}", None) from None
-    if not isinstance(data, dict):
-        raise _bad("The request body must be a JSON object", None)
+    data = wire.json_object(body)
     messages = data.get("messages")
     if messages is None:
         raise _bad("Missing required parameter: 'messages'", "messages")

@@ -34,6 +34,7 @@ from typing import Any
 
 import orjson
 
+from sorat_daemon import wire
 from sorat_daemon.agent import ROUND_SEPARATOR
 from sorat_daemon.errors import RequestError
 from sorat_daemon.types import JSON, Message
@@ -91,13 +92,7 @@ def _bad(message: str, param: str | None = None) -> RequestError:
 
 
 def _load(body: bytes) -> JSON:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise _bad(f"The request body is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise _bad("The request body must be a JSON object")
-    return data
+    return wire.json_object(body)
 
 
 def _text(block: JSON, where: str) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from sorat_daemon import wire
 from sorat_daemon.errors import RequestError
 from sorat_daemon.protocols.responses_items import NAMESPACE_SEP, ClientTool, parse_items, with_system
 from sorat_daemon.types import JSON, Message
@@ -208,12 +209,7 @@ def _conversation(value: Any) -> str | None:
 
 def parse_request(body: bytes) -> ResponsesRequest:
     """A client's POST /v1/responses body, checked; RequestError (400) names the bad field."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise _bad(f"The request body is not valid JSON: {e}", None) from None
-    if not isinstance(data, dict):
-        raise _bad("The request body must be a JSON object", None)
+    data = wire.json_object(body)
     if data.get("background") is True:
         raise _bad("background responses are not supported by sorat; leave 'background' out", "background")
     model = _optional(data, "model", str, "a string")
