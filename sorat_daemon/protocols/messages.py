@@ -163,6 +163,14 @@ def _at(i: int, j: int) -> str:
     return f"messages[{i}].content[{j}]"
 
 
+def _text_of(block: JSON, i: int, j: int) -> str:
+    """A ``text`` block's text, which must be a string."""
+    text = block.get("text")
+    if not isinstance(text, str):
+        raise _bad(f"{_at(i, j)}.text must be a string", f"{_at(i, j)}.text")
+    return text
+
+
 def _user(content: list[Any], i: int, pending: set[str] | None, out: list[Message]) -> None:
     """A user message's blocks: its tool results first (as ``tool`` messages), then its text and images.
     Error locations are formatted only when raised: a long history is read on every request."""
@@ -172,10 +180,7 @@ def _user(content: list[Any], i: int, pending: set[str] | None, out: list[Messag
     for j, block in enumerate(content):
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
-            text = block.get("text")
-            if not isinstance(text, str):
-                raise _bad(f"{_at(i, j)}.text must be a string", f"{_at(i, j)}.text")
-            parts.append(text)
+            parts.append(_text_of(block, i, j))
         elif kind == "tool_result":
             raw_id = block.get("tool_use_id")
             if not isinstance(raw_id, str) or not raw_id:
@@ -230,10 +235,7 @@ def _assistant(content: list[Any], i: int, out: list[Message]) -> set[str]:
     for j, block in enumerate(content):
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
-            text = block.get("text")
-            if not isinstance(text, str):
-                raise _bad(f"{_at(i, j)}.text must be a string", f"{_at(i, j)}.text")
-            texts.append(text)
+            texts.append(_text_of(block, i, j))
         elif kind == "tool_use":
             raw_id, name, args = block.get("id"), block.get("name"), block.get("input")
             if not isinstance(raw_id, str) or not raw_id:
