@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -227,3 +227,18 @@ def _reset_upstream(request: pytest.FixtureRequest) -> None:
     if "upstream" in request.fixturenames:
         up: Upstream = request.getfixturevalue("upstream")
         up.reset()
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A sessions directory (the session store's tests)."""
+    return tmp_path / "home" / "sessions"
+
+
+@pytest.fixture
+async def store(root: Path) -> AsyncIterator[Any]:
+    """An open SessionStore on ``root``."""
+    from sorat_daemon.sessions import SessionStore
+
+    async with SessionStore(root) as s:
+        yield s

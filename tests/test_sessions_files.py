@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,17 +18,6 @@ from tests.sessions_support import (
     remove_index,
     user,
 )
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "home" / "sessions"
-
-
-@pytest.fixture
-async def store(root: Path) -> AsyncIterator[SessionStore]:
-    async with SessionStore(root) as store:
-        yield store
 
 
 @pytest.mark.skipif(os.name == "nt", reason="symlinks need privileges on Windows")

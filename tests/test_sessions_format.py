@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -15,17 +14,6 @@ from tests.sessions_support import (
     lines,
     user,
 )
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "home" / "sessions"
-
-
-@pytest.fixture
-async def store(root: Path) -> AsyncIterator[SessionStore]:
-    async with SessionStore(root) as store:
-        yield store
 
 
 @pytest.mark.parametrize(

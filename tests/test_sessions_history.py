@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -23,17 +22,6 @@ from tests.sessions_support import (
     result,
     user,
 )
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "home" / "sessions"
-
-
-@pytest.fixture
-async def store(root: Path) -> AsyncIterator[SessionStore]:
-    async with SessionStore(root) as store:
-        yield store
 
 
 async def test_resend_everything_adds_only_the_new_tail(root: Path, store: SessionStore) -> None:

@@ -25,11 +25,6 @@ from tests.sessions_support import (
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "home" / "sessions"
-
-
-@pytest.fixture
 def logged() -> Iterator[list[str]]:
     """What the store logs, whatever the logging setup of the tests before (it may stop propagation)."""
     messages: list[str] = []

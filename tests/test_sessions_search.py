@@ -13,11 +13,6 @@ from sorat_daemon.sessions import SessionStore, search
 from tests.sessions_support import answer, assistant, call, remove_index, result, user
 
 
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "home" / "sessions"
-
-
 async def ids(store: SessionStore, query: str, **kw: object) -> list[str]:
     rows, _ = await store.search(query, **kw)  # type: ignore[arg-type]
     return [r["id"] for r in rows]

@@ -4,16 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from sorat_daemon.sessions import SessionStore
 from sorat_daemon.sessions.session import Cache, Session
 from tests.sessions_support import SYSTEM, answer, assistant, user
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "home" / "sessions"
 
 
 async def test_the_cache_evicts_the_least_recent_session_nobody_uses(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,17 +17,6 @@ from tests.sessions_support import (
     snapshot,
     user,
 )
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "home" / "sessions"
-
-
-@pytest.fixture
-async def store(root: Path) -> AsyncIterator[SessionStore]:
-    async with SessionStore(root) as store:
-        yield store
 
 
 async def test_bad_ids_touch_nothing(tmp_path: Path, root: Path, store: SessionStore) -> None:
