@@ -558,8 +558,10 @@ async def test_a_moved_cache_control_is_not_an_edit(store: SessionStore) -> None
 async def test_a_resent_conversation_is_formed_once_and_not_hashed(
     store: SessionStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A stateless client resending its whole history: each of the request's messages is formed once,
-    the stored side never again, and a cached session is found without hashing the request."""
+    """A stateless client resending its whole history as it got it: its messages, equal to the stored
+    ones, are not formed at all (only its system prompt, compared apart, and the message it adds), the
+    stored side is never formed again, and a cached session is found without hashing the request. One
+    resent in another shape (nulls, parts for a string) is formed, message by message, and still found."""
     conversation: list[Message] = [SYSTEM]
     for n in range(20):
         conversation.append(user(f"q{n}"))
@@ -581,9 +583,17 @@ async def test_a_resent_conversation_is_formed_once_and_not_hashed(
     request = [*conversation, user("q20")]
     async with store.turn(None, request, model="m") as turn:
         assert not turn.created and len(turn.messages) == len(request)
-        assert formed == len(request) + 1  # the request, and the user message it adds to the session
+        assert formed == 2  # the system prompt, and the user message it adds to the session
         await turn.add(assistant("a20"))
-    assert formed == len(request) + 2
+    assert formed == 3
+    conversation += [user("q20"), assistant("a20")]
+    reshaped = [
+        {**m, "content": [{"type": "text", "text": m["content"]}], "name": None} for m in conversation
+    ]
+    formed = 0
+    async with store.turn(None, [*reshaped, user("q21")], model="m") as turn:
+        assert not turn.created and len(turn.messages) == len(conversation) + 1
+        assert formed == len(conversation) + 1
 
 
 async def test_the_hash_after_an_edit_finds_the_session_after_a_restart(root: Path) -> None:
@@ -614,6 +624,6 @@ def test_every_call_gets_a_result_for_the_model() -> None:
     ]
     out = history.with_results(messages)
     assert out == [*messages[:3], missing, *messages[3:]]
-    out[0]["content"] = "changed"
-    assert messages[0]["content"] == "q"  # a copy: the model's side never touches the session's
+    out.append(user("more"))  # a list of its own (the agent appends its rounds to it)...
+    assert len(messages) == 8 and out[0] is messages[0]  # ...of the same messages: none is copied
     assert history.with_results(messages[:3]) == messages[:3]

@@ -128,12 +128,15 @@ def split_tail(messages: Sequence[Message]) -> int:
 
 
 def without_internal(message: Message, internal: set[str]) -> Message:
-    """A copy without the internal tool calls a client echoed back: the model would choke on calls whose
-    results it never gets again."""
+    """The message without the internal tool calls a client echoed back (the model would choke on calls
+    whose results it never gets again): a copy if it has any, else the message itself (messages are never
+    changed in place: the session keeps the request's own, and finds it again in the next request)."""
     calls = message.get("tool_calls")
     if message.get("role") != "assistant" or not isinstance(calls, list) or not internal:
-        return dict(message)
+        return message
     kept = [c for c in calls if not (isinstance(c, dict) and c.get("id") in internal)]
+    if len(kept) == len(calls):
+        return message
     out = dict(message)
     if kept:
         out["tool_calls"] = kept
@@ -145,20 +148,31 @@ def without_internal(message: Message, internal: set[str]) -> Message:
 def with_results(messages: Sequence[Message]) -> list[Message]:
     """The model's copy with a result for every tool call left without one: a process killed, stopped or
     cancelled between a call and its result leaves it so in the file, and providers refuse such a history.
-    (A call at the very end waits for its result: nothing follows it yet.) One copy per message and a
-    look at the few messages with tool calls: this runs for every turn over the whole history."""
-    out = [dict(m) for m in messages]
+    (A call at the very end waits for its result: nothing follows it yet.) A new list of the same message
+    objects (nothing on the way to the model changes a message in place), and a look at the few messages
+    with tool calls: this runs for every turn over the whole history."""
+    out = list(messages)
     callers = [i for i, m in enumerate(messages) if "tool_calls" in m]
+    n = len(messages)
     for i in reversed(callers):  # from the end: an insertion moves only what comes after it
-        if messages[i].get("role") != "assistant" or not isinstance(messages[i].get("tool_calls"), list):
+        calls = messages[i].get("tool_calls")
+        if messages[i].get("role") != "assistant" or not isinstance(calls, list):
+            continue
+        if (  # the usual: one call, its result next
+            len(calls) == 1
+            and i + 1 < n
+            and isinstance(calls[0], dict)
+            and messages[i + 1].get("tool_call_id") == calls[0].get("id")
+            and messages[i + 1].get("role") == "tool"
+        ):
             continue
         waiting = sorted(call_ids(messages[i]))
         j = i + 1
-        while j < len(messages) and messages[j].get("role") == "tool":
+        while j < n and messages[j].get("role") == "tool":
             if messages[j].get("tool_call_id") in waiting:
                 waiting.remove(messages[j]["tool_call_id"])
             j += 1
-        if waiting and j < len(messages):
+        if waiting and j < n:
             out[j:j] = [{"role": "tool", "tool_call_id": c, "content": NO_RESULT} for c in waiting]
     return out
 
@@ -179,35 +193,48 @@ def _joined(first: Message, second: Message) -> Message:
 
 class Request:
     """A request's messages, read once: system and developer messages apart from the conversation (each
-    with its place in it), the form of every message, where the conversation's new tail starts, and, only
-    when a lookup in the index needs it, the hash of the conversation before that tail. Everything a turn
-    compares is computed here, in one pass over what was sent."""
+    with its place in it), where the conversation's new tail starts, its tool calls and results; each
+    message's form only when a comparison needs it (a message equal to the stored one as sent, the common
+    case of a client resending its history, is never formed), and, only when a lookup in the index needs
+    it, the hash of the conversation before that tail."""
 
-    __slots__ = ("system", "system_keys", "conversation", "keys", "calls", "results", "split", "_lookup")
+    __slots__ = (
+        "system",
+        "system_keys",
+        "conversation",
+        "results",
+        "split",
+        "matched",
+        "_keys",
+        "_lookup",
+    )
 
     def __init__(self, messages: Sequence[Message]) -> None:
         self.system: list[tuple[int, Message]] = []  # (how many conversation messages come before, it)
         self.system_keys: list[bytes] = []
         self.conversation: list[Message] = []
-        self.keys: list[bytes] = []  # the conversation's forms
-        self.calls: dict[int, tuple[Call, ...]] = {}  # by conversation index: assistant tool calls
         self.results: dict[int, Any] = {}  # by conversation index: the tool_call_id of a tool result
+        conversation = self.conversation
         for message in messages:
             role = message.get("role")
             if role in SYSTEM_ROLES:
-                self.system.append((len(self.conversation), message))
+                self.system.append((len(conversation), message))
                 self.system_keys.append(form(message))
                 continue
-            if role == "assistant" and "tool_calls" in message:
-                found = calls_of(message)
-                if found is not None:
-                    self.calls[len(self.conversation)] = found
-            elif role == "tool":
-                self.results[len(self.conversation)] = message.get("tool_call_id")
-            self.conversation.append(message)
-            self.keys.append(form(message))
-        self.split = split_tail(self.conversation)
+            if role == "tool":
+                self.results[len(conversation)] = message.get("tool_call_id")
+            conversation.append(message)
+        self.split = split_tail(conversation)
+        self.matched: tuple[History, int] | None = None  # a history its conversation matched, at a version
+        self._keys: list[bytes | None] = [None] * len(conversation)  # the conversation's forms, when made
         self._lookup: str | None = None
+
+    def key(self, i: int) -> bytes:
+        """The form of conversation message ``i``."""
+        key = self._keys[i]
+        if key is None:
+            key = self._keys[i] = form(self.conversation[i])
+        return key
 
     def lookup(self) -> str:
         """The hash of the conversation before the tail, as ``History.lookup`` makes it of a session's.
@@ -216,9 +243,9 @@ class Request:
         if self._lookup is None:
             h = hashlib.sha256()
             results = self.results
-            for i, key in enumerate(self.keys[: self.split]):
+            for i in range(self.split):
                 if i not in results:
-                    h.update(key)
+                    h.update(self.key(i))
                     h.update(b"\n")
             self._lookup = h.hexdigest()
         return self._lookup
@@ -244,6 +271,7 @@ class Shown:
     stop: int  # after its last record (internal records after it not included)
     turn: int
     by: str
+    echo: Message | None = None  # the request message found equal to it last (the same object next time)
 
 
 @dataclass(slots=True)
@@ -281,6 +309,7 @@ class History:
         self._prefix = hashlib.sha256()  # over the forms of shown[:-1]
         self._stale = False  # the prefix lost messages (a cut): redone from the forms when next needed
         self._lookup: str | None = None
+        self.version = 0  # counts the changes to what is derived: a request's comparison holds until then
 
     @property
     def message_count(self) -> int:
@@ -291,6 +320,7 @@ class History:
         self.records.append(record)
         self.next_seq = max(self.next_seq, record.seq + 1)
         self.turns = max(self.turns, record.turn)
+        self.version += 1
         self._derive(record)
 
     def superseded(self, plan: Plan) -> list[int]:
@@ -303,6 +333,7 @@ class History:
     def supersede(self, plan: Plan) -> None:
         """Marks what ``plan`` supersedes: the old system prompt, an edit's cut. The visible messages
         before a cut keep their forms: only the hash is redone, from them."""
+        self.version += 1
         if plan.system_cut is not None:
             for record in self.system[plan.system_cut :]:
                 record.superseded = True
@@ -343,6 +374,7 @@ class History:
         ):
             last.message = _joined(last.message, visible)
             last.key, last.calls, last.stop = form(last.message), calls_of(last.message), index + 1
+            last.echo = None
             return
         if last is not None and not self._stale and last.message.get("role") != "tool":
             self._prefix.update(last.key)
@@ -369,21 +401,33 @@ class History:
 
     def _common(self, request: Request, order: Sequence[int]) -> int:
         """How many of the request's conversation messages (those at ``order``) are the visible
-        conversation's first (a comparison of forms computed already, mostly one memcmp each)."""
-        keys, calls, internal, shown = request.keys, request.calls, self.internal, self.shown
+        conversation's first. The very message the session stored, or found equal last time, is the same
+        at the cost of a pointer (a client resending its history sends, parsed once by ``Resent``, the
+        same objects every turn); one equal as it came is the same without a look at its form (equal dicts
+        have equal forms, and a shown message holds no internal calls to leave out); any other is compared
+        by its form and its calls."""
+        messages, internal, shown = request.conversation, self.internal, self.shown
         n = min(len(order), len(shown))
         for k in range(n):
             i, s = order[k], shown[k]
-            if keys[i] != s.key or (
-                (s.calls is not None or i in calls) and _seen(calls.get(i), internal) != s.calls
+            m = messages[i]
+            if m is s.echo or m is s.message:  # what was compared already, or stored as it came
+                continue
+            if m != s.message and (
+                request.key(i) != s.key
+                or ((s.calls is not None or "tool_calls" in m) and _seen(calls_of(m), internal) != s.calls)
             ):
                 return k
+            s.echo = m
         return n
 
     def matches(self, request: Request) -> bool:
         """Whether the request's conversation before its tail is exactly the visible conversation."""
         order = request.kept(self.internal, request.split)
-        return len(order) == len(self.shown) and self._common(request, order) == len(order)
+        if len(order) != len(self.shown) or self._common(request, order) != len(order):
+            return False
+        request.matched = (self, self.version)  # ``plan`` on this history, unchanged, needs no comparison
+        return True
 
     def plan(self, request: Request) -> Plan:
         """SPEC's three cases, for the conversation: the request resends everything (only its new tail is
@@ -392,7 +436,11 @@ class History:
         conversation, internal tool traffic included, goes in front). The system prompt apart."""
         shown = self.shown
         order = request.kept(self.internal, len(request.conversation))
-        k = self._common(request, order)
+        matched = request.matched
+        if matched is not None and matched[0] is self and matched[1] == self.version:
+            k = len(shown)  # ``matches`` compared them, and nothing changed since
+        else:
+            k = self._common(request, order)
         if k == len(shown) or k == 0:
             used, cut, stored = k, None, self.conversation
         else:  # the cut falls after the last shared message: a superseded answer's tool traffic goes too
