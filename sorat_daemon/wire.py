@@ -24,7 +24,15 @@ def json_object(body: bytes | str) -> JSON:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as e:
-        raise RequestError(f"The request body is not valid JSON: {e}") from None
+        raise not_json(e) from None
+    return must_be_object(data)
+
+
+def not_json(e: orjson.JSONDecodeError) -> RequestError:
+    return RequestError(f"The request body is not valid JSON: {e}")
+
+
+def must_be_object(data: Any) -> JSON:
     if not isinstance(data, dict):
         raise RequestError("The request body must be a JSON object")
     return data

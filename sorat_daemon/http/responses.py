@@ -22,6 +22,7 @@ from sorat_daemon.errors import NotFound, RequestError
 from sorat_daemon.http.asgi import Reply
 from sorat_daemon.http.endpoint import Head, TurnEndpoint
 from sorat_daemon.protocols import responses_in, responses_out
+from sorat_daemon.protocols.resent import Resent
 from sorat_daemon.protocols.responses_in import ResponsesRequest
 from sorat_daemon.protocols.responses_items import with_system
 from sorat_daemon.sessions import valid_session_id
@@ -102,9 +103,10 @@ class ResponsesEndpoint(TurnEndpoint):
         super().__init__(guard, activity, pipeline)
         self._rt = rt
         self._skipped: set[str] = set()  # tool types already logged as left out
+        self._resent = Resent("input")  # Codex resends its whole thread every turn
 
     async def handle(self, head: Head, body: bytes, reply: Reply) -> None:
-        req = responses_in.parse_request(body)
+        req = responses_in.parse_request(body, self._resent)
         self._log_skipped(req.skipped_tools)
         session_id, system, messages = await self._history(req, head.session_id)
         if not messages:

@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from sorat_daemon import agent, errors, wire
+from sorat_daemon.protocols.resent import Parsed, Resent
 from sorat_daemon.types import JSON, Message
 
 if TYPE_CHECKING:
     from sorat_daemon.turn import Run
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+_PLAIN = ROLES - {"tool"}  # a tool message needs its tool_call_id
 # Request fields that go to the provider as given; anything else a client sends is ignored.
 PASSTHROUGH = (
     "temperature",
@@ -79,7 +81,17 @@ def _check_content(content: Any, where: str, required: bool) -> None:
             raise _bad(f"{where}[{j}] must be an object with a string 'type'", f"{where}[{j}]")
 
 
+_CHECKED = "checked"  # kept with a body whose messages all passed: its continuation checks only new ones
+
+
+def _plain(m: Any) -> bool:
+    """The message most of a long history is made of, a role and string content: fine as it is."""
+    return type(m) is dict and len(m) == 2 and type(m.get("content")) is str and m.get("role") in _PLAIN
+
+
 def _check_message(i: int, m: Any) -> None:
+    if _plain(m):  # a resent history is checked at the cost of a look: no names made for its errors
+        return
     where = f"messages[{i}]"
     if not isinstance(m, dict):
         raise _bad(f"{where} must be an object", where)
@@ -115,16 +127,19 @@ def _check_tools(tools: Any) -> list[JSON]:
     return tools
 
 
-def parse_chat_request(body: bytes) -> ChatRequest:
-    """A client's POST /v1/chat/completions body, checked; errors.RequestError (400) names the bad field."""
-    data = wire.json_object(body)
+def parse_chat_request(body: bytes, resent: Resent | None = None) -> ChatRequest:
+    """A client's POST /v1/chat/completions body, checked; errors.RequestError (400) names the bad field.
+    With ``resent``, a body that resends an earlier one's messages has only its new ones read."""
+    parsed = resent.object(body) if resent is not None else Parsed(wire.json_object(body))
+    data = parsed.data
     messages = data.get("messages")
     if messages is None:
         raise _bad("Missing required parameter: 'messages'", "messages")
     if not isinstance(messages, list) or not messages:
         raise _bad("'messages' must be a non-empty array", "messages")
-    for i, m in enumerate(messages):
-        _check_message(i, m)
+    checked = parsed.reused if parsed.prior is _CHECKED else 0  # a request that failed its checks kept none
+    for i in range(checked, len(messages)):
+        _check_message(i, messages[i])
     model = data.get("model")
     if model is not None and not isinstance(model, str):
         raise _bad("'model' must be a string", "model")
@@ -151,9 +166,10 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         raise _bad("sorat returns one choice: 'n' must be 1", "n")
     params = {k: data[k] for k in PASSTHROUGH if data.get(k) is not None}
     try:  # orjson reads 1024 levels of nesting but writes only 255: refuse what could not be sent on
-        orjson.dumps((messages, tools, tool_choice, params))
+        orjson.dumps((messages[checked:], tools, tool_choice, params))
     except TypeError:
         raise _bad("The request is nested too deeply (more than 255 levels)", None) from None
+    parsed.keep(_CHECKED)
     return ChatRequest(messages, model or None, stream, include_usage, tools, tool_choice, params)
 
 

@@ -13,7 +13,15 @@ import orjson
 
 from sorat_daemon import wire
 from sorat_daemon.errors import RequestError
-from sorat_daemon.protocols.responses_items import NAMESPACE_SEP, ClientTool, parse_items, with_system
+from sorat_daemon.protocols.resent import Parsed, Resent
+from sorat_daemon.protocols.responses_items import (
+    NAMESPACE_SEP,
+    ClientTool,
+    ItemsRead,
+    parse_items,
+    read_items,
+    with_system,
+)
 from sorat_daemon.types import JSON, Message
 
 # Tool types OpenAI runs on its side; a chat provider cannot take them, and sorat's own tools stand in.
@@ -207,9 +215,11 @@ def _conversation(value: Any) -> str | None:
     return value
 
 
-def parse_request(body: bytes) -> ResponsesRequest:
-    """A client's POST /v1/responses body, checked; RequestError (400) names the bad field."""
-    data = wire.json_object(body)
+def parse_request(body: bytes, resent: Resent | None = None) -> ResponsesRequest:
+    """A client's POST /v1/responses body, checked; RequestError (400) names the bad field. With
+    ``resent``, a body that resends an earlier one's items (Codex, every turn) has only its new ones read."""
+    parsed = resent.object(body) if resent is not None else Parsed(wire.json_object(body))
+    data = parsed.data
     if data.get("background") is True:
         raise _bad("background responses are not supported by sorat; leave 'background' out", "background")
     model = _optional(data, "model", str, "a string")
@@ -230,7 +240,11 @@ def parse_request(body: bytes) -> ResponsesRequest:
         items = raw
     else:
         raise _bad("'input' must be a string or an array of items", "input")
-    system, messages, orphans = parse_items(items)
+    prior = parsed.prior if isinstance(parsed.prior, ItemsRead) else None
+    if prior is not None and prior.count != parsed.reused:
+        prior = None
+    system, messages, orphans, read = read_items(items, prior=prior)
+    parsed.keep(read)
     instructions = data.get("instructions")
     if isinstance(instructions, str):
         if instructions:

@@ -175,6 +175,17 @@ class _Items:
         self.assistant: Message | None = None
         self.said: list[str] = []
 
+    def copy(self) -> _Items:
+        """A state of its own, to go on from: the messages are shared (none is changed once added), the
+        turn being built is not (``flush`` finishes it)."""
+        out = _Items()
+        out.system, out.messages = list(self.system), list(self.messages)
+        out.calls, out.orphans, out.said = set(self.calls), list(self.orphans), list(self.said)
+        a = self.assistant
+        if a is not None:
+            out.assistant = {**a, "tool_calls": list(a["tool_calls"])} if "tool_calls" in a else dict(a)
+        return out
+
     def flush(self) -> None:
         a = self.assistant
         if a is not None:
@@ -250,18 +261,41 @@ class _Items:
         self.calls.add(call_id)
 
 
+class ItemsRead:
+    """What ``read_items`` made of the first ``count`` items: the state to go on from."""
+
+    __slots__ = ("count", "_state")
+
+    def __init__(self, count: int, state: _Items) -> None:
+        self.count = count
+        self._state = state
+
+
 def parse_items(items: Iterable[Any], where: str = "input") -> tuple[list[str], list[Message], list[str]]:
     """(system texts, conversation messages, call_ids of outputs that answer no call in ``items``)."""
-    state = _Items()
-    i = 0
+    system, messages, orphans, _ = read_items(list(items), where)
+    return system, messages, orphans
+
+
+def read_items(
+    items: list[Any], where: str = "input", prior: ItemsRead | None = None
+) -> tuple[list[str], list[Message], list[str], ItemsRead]:
+    """``parse_items``, going on from ``prior`` (what an earlier call made of these same first items:
+    a client resending its history has only its new items read), and what to go on from next time."""
+    if prior is not None and prior.count <= len(items):
+        state, start = prior._state.copy(), prior.count
+    else:
+        state, start = _Items(), 0
+    i = start
     try:
-        for i, item in enumerate(items):  # noqa: B007 - read by the handler
-            state.add(item)
+        for i in range(start, len(items)):
+            state.add(items[i])
     except _Bad as e:
         at = f"{where}[{i}]{e.path}"
         raise RequestError(f"{at} {e.problem}", param=at) from None
+    read = ItemsRead(len(items), state.copy())
     state.flush()
-    return state.system, state.messages, state.orphans
+    return state.system, state.messages, state.orphans, read
 
 
 # --- back to the client: calls and a session's visible conversation as items ----------------------
