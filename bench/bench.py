@@ -124,7 +124,7 @@ SYSTEM_PROMPT = ("You are a careful coding agent. Follow the repository's conven
 async def _long_history(job: dict[str, Any]) -> dict[str, Any]:
     """One conversation of ``turns`` turns, resent whole on every turn without a session header: each
     turn's body goes to sorat and, alternately first, to the upstream alone; (sorat, upstream, sorat's
-    CPU) seconds per turn (the CPU in clock ticks: meaningful summed over many turns)."""
+    CPU) seconds per turn."""
     import aiohttp
 
     sorat = {"Content-Type": "application/json", "Authorization": f"Bearer {job['token']}"}
@@ -363,6 +363,11 @@ def latency(url: str, token: str | None, n: int, protocol: str = "chat") -> dict
 
 
 def cpu_seconds(pid: int) -> float:
+    """The CPU time of ``pid``'s threads: from schedstat, in nanoseconds, where the kernel has it (clock
+    ticks of 10 ms blur a single request's few milliseconds), else from ``stat``."""
+    ns = bench_codex.cpu_ns(pid)
+    if ns:
+        return ns / 1e9
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
