@@ -39,8 +39,12 @@ def message_lines(path: Path) -> list[dict]:
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
+    """Every file's bytes but SQLite's shared-memory index of the search database's write-ahead log,
+    which its readers change (read marks) whenever they read: the background search fill included."""
     return {
-        str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and not p.name.endswith("-shm")
     }
 
 

@@ -466,3 +466,44 @@ def test_count_tokens_checks_the_request() -> None:
         deep = [deep]
     with pytest.raises(RequestError):
         count_tokens(json.dumps({"messages": [{"role": "user", "content": "hi"}], "tools": deep}).encode())
+
+
+def test_a_resent_conversation_reads_as_a_whole_one_and_reuses_what_it_read() -> None:
+    """Claude Code's turns, with ``cache_control`` moving to the newest block and an inline system
+    message, parse through ``Resent`` exactly as each body alone; the messages read before are the same
+    objects; a bad block in a new message is still a 400 naming it."""
+    from sorat_daemon.protocols.resent import Resent
+
+    resent = Resent("messages", min_body=0)
+    cache = {"type": "ephemeral"}
+    system = [{"type": "text", "text": "You are Claude Code.", "cache_control": cache}]
+    messages: list[Any] = [
+        {"role": "user", "content": [{"type": "text", "text": "<system-reminder>x</system-reminder>"},
+                                     {"type": "text", "text": "fix it", "cache_control": cache}]},
+    ]  # fmt: skip
+    earlier = None
+    for turn in range(6):
+        body = json.dumps({"model": "m", "max_tokens": 100, "messages": messages, "system": system}).encode()
+        got, alone = parse_messages_request(body, resent), parse_messages_request(body)
+        assert (got.messages, got.params, got.model) == (alone.messages, alone.params, alone.model)
+        if turn >= 2:  # (the first message itself lost its cache_control at turn 1)
+            assert earlier is not None and got.messages[1] is earlier.messages[1]  # read once
+        earlier = got
+        for m in messages:
+            if isinstance(m["content"], list):
+                for block in m["content"]:
+                    block.pop("cache_control", None)
+        call = f"toolu_{turn}"
+        messages += [
+            {"role": "assistant", "content": [{"type": "text", "text": f"step {turn}"},
+                                              {"type": "tool_use", "id": call, "name": "Bash", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call, "content": "ok",
+                                          "cache_control": cache}]},
+        ]  # fmt: skip
+        if turn == 2:
+            messages.append({"role": "system", "content": "a note"})
+    wrong = {"role": "assistant", "content": [{"type": "tool_use", "id": "", "name": "Bash"}]}
+    bad_body = {"model": "m", "max_tokens": 100, "system": system, "messages": [*messages, wrong]}
+    with pytest.raises(RequestError) as e:
+        parse_messages_request(json.dumps(bad_body).encode(), resent)
+    assert e.value.param == f"messages[{len(messages)}].content[0].id"

@@ -71,7 +71,9 @@ def test_a_resent_body_parses_as_a_whole_parse_would(
 
 @settings(max_examples=200)
 @given(first=st.lists(values, min_size=1, max_size=4), edit=values, new=values, style=st.integers(0, 2))
-def test_an_edited_body_is_parsed_whole(first: list[Any], edit: Any, new: Any, style: int) -> None:
+def test_an_edited_body_reuses_only_what_precedes_the_edit(
+    first: list[Any], edit: Any, new: Any, style: int
+) -> None:
     resent = Resent("messages", min_body=0)
     resent.loads(body_of({"model": "m"}, first, {"tools": []}, style)).keep("state")
     changed = [*first[:-1], edit, new]
@@ -79,7 +81,9 @@ def test_an_edited_body_is_parsed_whole(first: list[Any], edit: Any, new: Any, s
     parsed = resent.loads(body)
     assert parsed.data == orjson.loads(body)
     if edit != first[-1]:
-        assert parsed.reused == 0 and parsed.prior is None
+        assert parsed.reused < len(first)
+    if parsed.reused:
+        assert parsed.prior == "state"
 
 
 def test_brackets_and_key_names_inside_strings_do_not_fool_it() -> None:
@@ -151,3 +155,33 @@ def test_a_chat_body_whose_messages_failed_its_checks_is_checked_again() -> None
     more = [*good, {"role": "assistant", "content": "yes"}, {"role": "user", "content": 5}]
     with pytest.raises(RequestError, match=r"messages\[2\]\.content"):  # the new one is checked
         parse_chat_request(orjson.dumps({"messages": more}), resent)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    first=st.lists(values, min_size=1, max_size=4),
+    turns=st.lists(st.tuples(st.lists(values, min_size=1, max_size=3), values), min_size=1, max_size=5),
+    style=st.integers(0, 2),
+)
+def test_a_body_that_changes_its_last_turn_goes_on_from_the_turn_before(
+    first: list[Any], turns: list[tuple[list[Any], Any]], style: int
+) -> None:
+    """Claude Code's shape: each turn adds elements and changes the last one it sent before (moving
+    ``cache_control``): what precedes that turn is reused, with the state kept for it."""
+    resent = Resent("messages", min_body=0)
+    items = list(first)
+    parsed = resent.loads(body_of({"model": "m"}, items, {"tools": [1]}, style))
+    parsed.keep(len(items))
+    marked: int | None = None  # where the body before went on from the one before it, if it did
+    for new, changed in turns:
+        start = len(items) - 1  # the changed element's place
+        items = [*items[:-1], changed, *new]  # the last element of the body before, changed
+        body = body_of({"model": "m"}, items, {"tools": [1]}, style)
+        parsed = resent.loads(body)
+        assert parsed.data == orjson.loads(body)
+        if parsed.reused:
+            assert parsed.prior >= parsed.reused  # the state kept with the body it went on from
+        if marked is not None:
+            assert parsed.reused >= marked  # at worst, what the body before added is read again
+        marked = parsed.reused if parsed.reused and parsed.reused <= start else None
+        parsed.keep(len(items))

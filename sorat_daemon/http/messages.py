@@ -25,6 +25,7 @@ from sorat_daemon.http.endpoint import Endpoint, Head, TurnEndpoint
 from sorat_daemon.http.guard import Guard
 from sorat_daemon.protocols.messages import CHARS_PER_TOKEN, count_tokens, parse_messages_request
 from sorat_daemon.protocols.messages_render import MessagesRenderer, error_json
+from sorat_daemon.protocols.resent import Resent
 from sorat_daemon.sessions import valid_session_id
 from sorat_daemon.turn import Pipeline, Run, TurnRequest
 
@@ -83,9 +84,10 @@ class MessagesEndpoint(AnthropicEndpoint, TurnEndpoint):
     def __init__(self, guard: Guard, activity: Activity, pipeline: Pipeline) -> None:
         super().__init__(guard, activity, pipeline)
         self.owners = Owners()
+        self._resent = Resent("messages")  # Claude Code resends its whole conversation every turn
 
     async def handle(self, head: Head, body: bytes, reply: Reply) -> None:
-        req = parse_messages_request(body)
+        req = parse_messages_request(body, self._resent)
         for name in req.skipped_tools:
             if name not in _skipped_logged:
                 _skipped_logged.add(name)

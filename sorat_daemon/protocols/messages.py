@@ -37,6 +37,7 @@ import orjson
 from sorat_daemon import wire
 from sorat_daemon.agent import ROUND_SEPARATOR
 from sorat_daemon.errors import RequestError
+from sorat_daemon.protocols.resent import Parsed, Resent
 from sorat_daemon.types import JSON, Message
 
 # Claude Code asks 32 000-64 000 tokens per answer; many providers refuse more than their model's output
@@ -265,40 +266,78 @@ def _assistant(content: list[Any], i: int, out: list[Message]) -> set[str]:
     return ids
 
 
-def convert_messages(system: Any, messages: Any) -> list[Message]:
-    """Anthropic's ``system`` and ``messages`` as chat messages, one leading system message first."""
+class _Conversion:
+    """The pass over ``messages``, resumable: what the messages read so far made."""
+
+    __slots__ = ("texts", "out", "pending", "count", "_before")
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts  # system texts: ``system``'s, then inline system messages'
+        self.out: list[Message] = []
+        self.pending: set[str] | None = None  # the previous assistant message's call ids (None: none yet)
+        self.count = 0  # messages read
+        self._before: list[tuple[int, set[str] | None, int]] = []  # per message read: what came before it
+
+    def copy(self, count: int | None = None) -> _Conversion:
+        """A state of its own (``pending`` is replaced, never changed), as it was after ``count``
+        messages (by default all read)."""
+        out = _Conversion([])
+        if count is None or count >= self.count:
+            out.texts, out.out, out.pending = list(self.texts), list(self.out), self.pending
+            out.count, out._before = self.count, list(self._before)
+            return out
+        made, out.pending, texts = self._before[count]
+        out.texts, out.out, out.count = self.texts[:texts], self.out[:made], count
+        out._before = self._before[:count]
+        return out
+
+    def read(self, messages: list[Any]) -> None:
+        out, before = self.out, self._before
+        for i in range(self.count, len(messages)):
+            m = messages[i]
+            before.append((len(out), self.pending, len(self.texts)))
+            if not isinstance(m, dict):
+                raise _bad(f"messages[{i}] must be an object", f"messages[{i}]")
+            role = m.get("role")
+            content = m.get("content")
+            if role == "user" or role == "assistant":
+                if isinstance(content, str):
+                    if role == "user":
+                        out.append({"role": "user", "content": content})
+                        continue
+                    content = [{"type": "text", "text": content}]
+                elif not isinstance(content, list):
+                    where = f"messages[{i}].content"
+                    raise _bad(f"{where} must be a string or an array of content blocks", where)
+                if role == "user":
+                    _user(content, i, self.pending, out)
+                else:
+                    self.pending = _assistant(content, i, out)
+            elif role == "system":
+                self.texts += _system_text(content, f"messages[{i}].content")
+            else:
+                where = f"messages[{i}].role"
+                raise _bad(f"{where} must be user, assistant or system, not {role!r}", where)
+        self.count = len(messages)
+
+    def result(self) -> list[Message]:
+        if self.texts:
+            return [{"role": "system", "content": "\n\n".join(self.texts)}, *self.out]
+        return list(self.out)
+
+
+def convert_messages(system: Any, messages: Any, prior: Any = None) -> tuple[list[Message], Any]:
+    """Anthropic's ``system`` and ``messages`` as chat messages, one leading system message first; and
+    what to go on from when the same messages come again with more (``prior``: that, from an earlier
+    call with the same ``system`` and at least its first messages the same: only the rest is read)."""
     if not isinstance(messages, list):
         raise _bad("'messages' must be an array", "messages")
-    texts = _system_text(system, "system") if system is not None else []
-    out: list[Message] = []
-    pending: set[str] | None = None  # the previous assistant message's call ids (None: none yet)
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise _bad(f"messages[{i}] must be an object", f"messages[{i}]")
-        role = m.get("role")
-        content = m.get("content")
-        if role == "user" or role == "assistant":
-            if isinstance(content, str):
-                if role == "user":
-                    out.append({"role": "user", "content": content})
-                    continue
-                content = [{"type": "text", "text": content}]
-            elif not isinstance(content, list):
-                where = f"messages[{i}].content"
-                raise _bad(f"{where} must be a string or an array of content blocks", where)
-            if role == "user":
-                _user(content, i, pending, out)
-            else:
-                pending = _assistant(content, i, out)
-        elif role == "system":
-            texts += _system_text(content, f"messages[{i}].content")
-        else:
-            raise _bad(
-                f"messages[{i}].role must be user, assistant or system, not {role!r}", f"messages[{i}].role"
-            )
-    if texts:
-        out.insert(0, {"role": "system", "content": "\n\n".join(texts)})
-    return out
+    if isinstance(prior, _Conversion):
+        state = prior.copy(min(prior.count, len(messages)))
+    else:
+        state = _Conversion(_system_text(system, "system") if system is not None else [])
+    state.read(messages)
+    return state.result(), state.copy()
 
 
 def _tools(tools: Any) -> tuple[list[JSON], list[str]]:
@@ -356,9 +395,12 @@ def _number(data: JSON, key: str, params: JSON) -> None:
     params[key] = value
 
 
-def parse_messages_request(body: bytes) -> MessagesRequest:
-    """A client's POST /v1/messages body, checked; errors.RequestError (400) names the bad field."""
-    data = _load(body)
+def parse_messages_request(body: bytes, resent: Resent | None = None) -> MessagesRequest:
+    """A client's POST /v1/messages body, checked; errors.RequestError (400) names the bad field. With
+    ``resent``, a body that resends an earlier one's messages (Claude Code, every turn) has only its new
+    ones read."""
+    parsed = resent.object(body) if resent is not None else Parsed(_load(body))
+    data = parsed.data
     if "messages" not in data:
         raise _bad("Missing required parameter: 'messages'", "messages")
     max_tokens = data.get("max_tokens")
@@ -367,7 +409,9 @@ def parse_messages_request(body: bytes) -> MessagesRequest:
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise _bad("'max_tokens' must be a positive integer", "max_tokens")
     system = data.get("system")
-    messages = convert_messages(system, data["messages"])
+    prior = parsed.prior.copy(parsed.reused) if isinstance(parsed.prior, _Conversion) else None
+    messages, read = convert_messages(system, data["messages"], prior)
+    parsed.keep(read)
     if not any(m["role"] != "system" for m in messages):
         raise _bad("'messages' must hold at least one user or assistant message", "messages")
     model = data.get("model")
