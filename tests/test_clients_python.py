@@ -362,11 +362,6 @@ async def test_pydantic_ai_streamed_run_then_a_second_run(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sessions compare assistant text exactly, and pydantic-ai sends its text parts back joined "
-    "with a blank line of its own (sessions/history.form could collapse whitespace)",
-)
 async def test_pydantic_ai_two_rounds_of_text_then_a_second_run(
     daemon: DaemonProc, upstream: Upstream, pydantic_agent: Any
 ) -> None:

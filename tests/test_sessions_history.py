@@ -627,3 +627,17 @@ def test_every_call_gets_a_result_for_the_model() -> None:
     out.append(user("more"))  # a list of its own (the agent appends its rounds to it)...
     assert len(messages) == 8 and out[0] is messages[0]  # ...of the same messages: none is copied
     assert history.with_results(messages[:3]) == messages[:3]
+
+
+async def test_assistant_text_spaced_otherwise_is_the_same_message(store: SessionStore) -> None:
+    """A client joins the rounds of a streamed answer its own way (pydantic-ai: a blank line of its own
+    between parts that came apart by one already): the spacing of assistant text doesn't count."""
+    first = [SYSTEM, user("q")]
+    sid = await answer(store, None, first, "Checking. \n\nIt is noon.")
+    resent = [*first, assistant("Checking. \n\n\n\nIt is noon. "), user("thanks")]
+    async with store.turn(None, resent, model="m") as turn:
+        assert turn.id == sid and not turn.created
+        assert [m.get("content") for m in turn.messages][-2:] == ["Checking. \n\nIt is noon.", "thanks"]
+    changed = [*first, assistant("Checking. It is one."), user("thanks")]
+    async with store.turn(None, changed, model="m") as turn:
+        assert turn.id != sid  # other words are another answer

@@ -73,12 +73,16 @@ def call_ids(message: Message | None) -> set[str]:
 
 def form(message: Message) -> bytes:
     """The canonical bytes two messages are compared and hashed by, their tool calls apart (``calls``):
-    key order, null fields, reasoning, list-vs-string content and cache_control don't count."""
+    key order, null fields, reasoning, list-vs-string content and cache_control don't count, nor how an
+    assistant text is spaced (clients join the parts of a streamed answer their own way: pydantic-ai puts
+    a blank line of its own between rounds that came apart by one already)."""
     role = message.get("role")
     out: dict[str, Any] = {"role": "system" if role in SYSTEM_ROLES else role}
     content = _content(message.get("content"))
-    if role == "assistant" and isinstance(content, str) and "<think>" in content:
-        content = _THINK.sub("", content) or None  # chat apps send the reasoning back wrapped in <think>
+    if role == "assistant" and isinstance(content, str):
+        if "<think>" in content:
+            content = _THINK.sub("", content)  # chat apps send the reasoning back wrapped in <think>
+        content = " ".join(content.split()) or None
     if content is not None:
         out["content"] = content
     if message.get("name"):

@@ -33,7 +33,7 @@ _FILL_BATCH = 64  # sessions read into the search table per step of a refill
 
 
 class Database:
-    SCHEMA = 2  # 2: the lookup hash leaves system messages out
+    SCHEMA = 3  # 2: the lookup hash leaves system messages out; 3: nor the spacing of assistant text
 
     def __init__(self, root: Path) -> None:
         self.root = root
