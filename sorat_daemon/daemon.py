@@ -15,7 +15,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from sorat_daemon import config
 from sorat_daemon.paths import Home
@@ -23,6 +23,7 @@ from sorat_daemon.runtime import Runtime
 from sorat_daemon.state import StateHub
 
 if TYPE_CHECKING:
+    from sorat_daemon.titles import Activity
     from sorat_daemon.ui.entry import WebUI
 
 log = logging.getLogger("sorat.daemon")
@@ -134,28 +135,63 @@ def _close_on_eof() -> None:
 # glibc's malloc gives freed memory back to the system once more than twice the largest freed mmap (at
 # least 128 kB) is free at the top of its heap: a turn that resends a long history (a megabyte of JSON,
 # its parse, the model's copy) frees a few megabytes, and the next one faults every page back in (on
-# this VM, with free-page reporting, a third of the turn: 0.9 of 2.2 ms of CPU at 800 kB). Keeping up to
-# 32 MiB free (and mmapping only allocations from 16 MiB, the largest body) holds those pages; memory a
-# burst needed beyond that still goes back.
+# this VM, with free-page reporting, a third of the turn: 0.9 of 2.2 ms of CPU at 800 kB). While
+# requests come, up to 8 MiB stays free in the heap (and only allocations from 16 MiB, the largest body,
+# are mmapped); once none has come for a few seconds, what is free goes back (idle memory is what a
+# desktop daemon is judged by).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-TRIM_THRESHOLD, MMAP_THRESHOLD = 32 << 20, 16 << 20
+TRIM_THRESHOLD, MMAP_THRESHOLD = 8 << 20, 16 << 20
+TRIM_WHEN_QUIET_S = 3.0
 
 
-def keep_freed_memory() -> bool:
-    """Tunes glibc's malloc as above (a no-op on other systems and libcs); whether it did."""
-    try:
-        glibc = os.confstr("CS_GNU_LIBC_VERSION")
-    except (AttributeError, ValueError, OSError):  # not a POSIX system, or it doesn't say
-        glibc = None
-    if not glibc or "GLIBC_TUNABLES" in os.environ:  # another libc, or the user tuned it already
-        return False
-    import ctypes
+class FreedMemory:
+    """glibc's malloc, tuned as above; a no-op on other systems and libcs (``tuned`` is False)."""
 
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # the process's own symbols: glibc's among them
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)) & bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    def __init__(self) -> None:
+        self.tuned = False
+        self._trim: Any = None
+        self._pending: asyncio.TimerHandle | None = None
+        try:
+            glibc = os.confstr("CS_GNU_LIBC_VERSION")
+        except (AttributeError, ValueError, OSError):  # not a POSIX system, or it doesn't say
+            glibc = None
+        if not glibc or "GLIBC_TUNABLES" in os.environ:  # another libc, or the user tuned it already
+            return
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None)  # the process's own symbols: glibc's among them
+            mallopt, self._trim = libc.mallopt, libc.malloc_trim
+        except (OSError, AttributeError):
+            return
+        self.tuned = bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)) & bool(
+            mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        )
+
+    def watch(self, activity: Activity) -> None:
+        """Gives the free memory back once ``activity`` has been quiet for ``TRIM_WHEN_QUIET_S``."""
+        if not self.tuned:
+            return
+        loop = asyncio.get_running_loop()
+
+        def check() -> None:
+            quiet = activity.quiet_for()
+            if quiet < TRIM_WHEN_QUIET_S:  # a request came meanwhile (or runs): look again later
+                self._pending = loop.call_later(TRIM_WHEN_QUIET_S - quiet, check)
+                return
+            self._pending = None
+            self._trim(0)  # ctypes lets go of the GIL; a few ms at most
+
+        def ended() -> None:
+            if self._pending is None:
+                self._pending = loop.call_later(TRIM_WHEN_QUIET_S, check)
+
+        activity.on_end = ended
+
+    def close(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -179,6 +215,7 @@ class Daemon:
         self._thread: threading.Thread | None = None
         self._lock = InstanceLock(home.lock)
         self._web_ui: WebUI | None = None  # while serving
+        self._memory = FreedMemory()
 
     # -- foreground -------------------------------------------------------------------------------
     def run(self, on_ready: Callable[[str], None] | None = None, *, signals: bool = True) -> None:
@@ -187,7 +224,6 @@ class Daemon:
         # it, a thread running Python may keep it for the whole switch interval (5 ms by default) before
         # the loop gets it back. 0.5 ms bounds that stall (+16-30 % streamed req/s at c32 here).
         sys.setswitchinterval(SWITCH_INTERVAL)
-        keep_freed_memory()
         with asyncio.Runner(loop_factory=_new_loop) as runner:
             runner.run(self._serve(on_ready, signals))
 
@@ -210,6 +246,7 @@ class Daemon:
             rt.port = port
             self.runtime = rt
             await rt.start()
+            self._memory.watch(rt.activity)
             app = create_app(rt)
             self._web_ui = app.web_ui  # type: ignore[attr-defined]
             # What start-up made (modules, classes, the runtime) lives as long as the process: out of the
@@ -236,6 +273,7 @@ class Daemon:
             finally:
                 log.info("stopping: saving sessions")
                 self._web_ui = None
+                self._memory.close()
                 await rt.aclose()
                 self.state.update(running=False)
                 log.info("stopped")

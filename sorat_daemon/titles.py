@@ -85,11 +85,12 @@ def _first_exchange(messages: Sequence[Message]) -> tuple[str, str]:
 class Activity:
     """The answers in flight, for background work that gives way to them."""
 
-    __slots__ = ("busy", "since")
+    __slots__ = ("busy", "since", "on_end")
 
     def __init__(self) -> None:
         self.busy = 0
         self.since = time.monotonic()  # when the last answer ended
+        self.on_end: Callable[[], None] | None = None  # after each answer: work waiting for quiet
 
     def begin(self) -> None:
         self.busy += 1
@@ -97,6 +98,8 @@ class Activity:
     def end(self) -> None:
         self.busy -= 1
         self.since = time.monotonic()
+        if self.on_end is not None:
+            self.on_end()
 
     def quiet_for(self) -> float:
         """Seconds without an answer in flight (0 while one is)."""

@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
@@ -576,3 +577,44 @@ def test_openapi_describes_every_route(fuzzed: DaemonProc) -> None:
         if method != "parameters"
     }
     assert documented == routes
+
+
+@pytest.mark.parametrize(
+    ("parser", "body", "param"),
+    [
+        ("chat", {"messages": [{"role": [], "content": "x"}]}, "messages[0].role"),
+        (
+            "chat",
+            {"messages": [{"role": {}, "content": [{"type": "text", "text": "x"}]}]},
+            "messages[0].role",
+        ),
+        ("responses", {"input": [{"type": "message", "role": [], "content": "x"}]}, "input[0].role"),
+        ("responses", {"input": [{"role": "user", "content": [{"type": []}]}]}, "input[0].content[0]"),
+        (
+            "responses",
+            {"input": [{"type": "function_call_output", "call_id": "c", "output": [{"type": []}]}]},
+            "input[0].output[0]",
+        ),
+        ("responses", {"input": [{"type": []}]}, "input[0].type"),
+        ("messages", {"max_tokens": 5, "messages": [{"role": [], "content": "x"}]}, "messages[0].role"),
+        (
+            "messages",
+            {"max_tokens": 5, "messages": [{"role": "user", "content": [{"type": []}]}]},
+            "messages[0].content[0]",
+        ),
+    ],
+)
+def test_unhashable_values_where_names_belong_are_400s(parser: str, body: Any, param: str) -> None:
+    """A list or an object where a role or a type name belongs (found by the random requests above: it
+    was a TypeError, a 500) is a 400 naming it."""
+    from sorat_daemon.errors import RequestError
+    from sorat_daemon.protocols import responses_in
+    from sorat_daemon.protocols.chat import parse_chat_request
+    from sorat_daemon.protocols.messages import parse_messages_request
+
+    parse = {"chat": parse_chat_request, "responses": responses_in.parse_request}.get(
+        parser, parse_messages_request
+    )
+    with pytest.raises(RequestError) as e:
+        parse(orjson.dumps(body))
+    assert e.value.param == param

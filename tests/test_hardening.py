@@ -1018,3 +1018,27 @@ def test_zz_logs_and_sessions_never_hold_a_secret(daemon: DaemonProc) -> None:
                 leaked = [s[:6] + "…" for s in secrets if s in data]
                 assert not leaked, f"{path}: {leaked}"
     assert scanned >= 2 * len(homes)
+
+
+async def test_memory_a_long_history_freed_goes_back_once_quiet(
+    routed: RoutedUpstream, tmp_path: Path
+) -> None:
+    """A long history resent (a few MB of JSON, its parse, the model's copy) leaves memory free in the
+    heap, kept while requests come (the next turn would fault it back in); a few seconds after the last,
+    it goes back to the system."""
+    routed.route = lambda body: text("ok")
+    d = start(tmp_path / "home", routed.base_url)
+    pid = pid_of(d)
+    history = [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"{i} " + "x" * 40_000} for i in range(99)
+    ]
+    async with httpx.AsyncClient(base_url=d.url, headers=d.headers(), timeout=30) as client:
+        for n in range(4):
+            body = {"messages": [*history, {"role": "user", "content": f"turn {n}"}]}
+            r = await client.post("/v1/chat/completions", json=body)
+            assert r.status_code == 200, r.text
+            history += [{"role": "user", "content": f"turn {n}"}, {"role": "assistant", "content": "ok"}]
+    busy = rss_kb(pid)
+    assert eventually(lambda: rss_kb(pid) < busy - 2048, timeout=20, step=0.2), (
+        f"RSS {busy} kB after the turns, {rss_kb(pid)} kB once quiet"
+    )

@@ -86,7 +86,10 @@ _CHECKED = "checked"  # kept with a body whose messages all passed: its continua
 
 def _plain(m: Any) -> bool:
     """The message most of a long history is made of, a role and string content: fine as it is."""
-    return type(m) is dict and len(m) == 2 and type(m.get("content")) is str and m.get("role") in _PLAIN
+    if type(m) is not dict or len(m) != 2 or type(m.get("content")) is not str:
+        return False
+    role = m.get("role")
+    return type(role) is str and role in _PLAIN
 
 
 def _check_message(i: int, m: Any) -> None:
@@ -96,7 +99,7 @@ def _check_message(i: int, m: Any) -> None:
     if not isinstance(m, dict):
         raise _bad(f"{where} must be an object", where)
     role = m.get("role")
-    if role not in ROLES:
+    if not isinstance(role, str) or role not in ROLES:  # (a list is not even hashable)
         raise _bad(f"{where}.role must be one of {', '.join(sorted(ROLES))}, not {role!r}", f"{where}.role")
     _check_content(m.get("content"), f"{where}.content", required=role != "assistant")
     if role == "tool" and not isinstance(m.get("tool_call_id"), str):

@@ -98,7 +98,7 @@ def chat_content(content: Any) -> str | list[JSON]:
     for j, part in enumerate(content):
         if type(part) is dict:
             kind = part.get("type")
-            if kind in _TEXT_PARTS:
+            if type(kind) is str and kind in _TEXT_PARTS:
                 text = part.get("text")
                 if text is None:
                     text = part.get("refusal")
@@ -139,7 +139,7 @@ def _output_text(output: Any) -> str:
         out = []
         for j, part in enumerate(output):
             kind = part.get("type") if type(part) is dict else None
-            if kind in _TEXT_PARTS:
+            if type(kind) is str and kind in _TEXT_PARTS:
                 if type(part.get("text")) is not str:
                     raise _Bad(f".output[{j}].text", "must be a string")
                 out.append(part["text"])
@@ -203,7 +203,7 @@ class _Items:
         kind = item.get("type", "message")
         if kind == "message":
             role = item.get("role")
-            if role not in _ROLES:
+            if type(role) is not str or role not in _ROLES:
                 raise _Bad(".role", f"must be one of {', '.join(sorted(_ROLES))}, not {role!r}")
             if "content" not in item:
                 raise _Bad(".content", "is required")
