@@ -208,23 +208,29 @@ async def test_session_without_metadata_is_recovered(root: Path) -> None:
         assert row is not None and row["title"] == "q1" and row["message_count"] == 2
 
 
-async def test_metadata_of_format_1_is_listed_and_rehashed(root: Path) -> None:
-    """Format 1 hashed the system prompt into the lookup: an upgraded index lists such a session at once
-    and rebuilds its hash from the messages."""
+@pytest.mark.parametrize(
+    ("old_format", "old_schema"),
+    [(1, 1), (2, 2)],  # 1 hashed the system prompt too, 2 the spacing of assistant text
+)
+async def test_metadata_of_an_older_format_is_listed_and_rehashed(
+    root: Path, old_format: int, old_schema: int
+) -> None:
+    """An older format hashed otherwise: an upgraded index lists such a session at once and rebuilds its
+    hash from the messages."""
     async with SessionStore(root) as store:
         await answer(store, "old", [SYSTEM, user("q1")], "a1")
     meta = json.loads((root / "old.json").read_text())
     (root / "old.json").write_text(
-        json.dumps({**meta, "format": 1, "lookup": "a hash with the system prompt"})
+        json.dumps({**meta, "format": old_format, "lookup": "a hash made otherwise"})
     )
     db = sqlite3.connect(root / ".index.sqlite3")
-    db.execute("PRAGMA user_version = 1")
+    db.execute(f"PRAGMA user_version = {old_schema}")
     db.close()
     async with SessionStore(root) as store:
         rows, _ = await store.list()
         assert [r["id"] for r in rows] == ["old"]
         await store.ready()
-    assert json.loads((root / "old.json").read_text())["format"] == 2
+    assert json.loads((root / "old.json").read_text())["format"] == 3
     async with SessionStore(root) as store:  # found through the index, by its new hash
         async with store.turn(None, [SYSTEM, user("q1"), assistant("a1"), user("q2")], model="m") as turn:
             assert turn.id == "old" and not turn.created

@@ -32,15 +32,16 @@ version of each file, at most ``flush_delay`` late), in place with one write pad
 killed process leaves the old version or the new one; a file that is missing, unreadable or behind its
 ``.jsonl`` is rebuilt from the messages::
 
-    {"format": 2, "id", "title", "fallback_title", "model", "created_at", "updated_at",
+    {"format": 3, "id", "title", "fallback_title", "model", "created_at", "updated_at",
      "message_count", "lookup", "size", "version"}
 
   ``title`` is the generated title (null until one exists), ``fallback_title`` the first user message
   cut to 60 characters, ``message_count`` the system prompt's and the visible conversation's messages,
   ``lookup`` the hash of the visible conversation, ``size`` the length of the ``.jsonl`` it describes
   (another length on start means a crash mid-turn: the metadata is rebuilt from the messages),
-  ``version`` rises with every write. Format 1 hashed the system prompt and tool results too: such a
-  file is listed as it is and rebuilt from its messages in the background.
+  ``version`` rises with every write. Format 1 hashed the system prompt and tool results too, format 2
+  assistant text with its spacing: such a file is listed as it is and rebuilt from its messages in the
+  background.
 
 ``.index.sqlite3``: the index, a cache of every session's metadata that the files can always rebuild.
 SQLite (stdlib) rather than one JSON file: a page of 10 000 sessions newest first, a lookup by
@@ -72,8 +73,10 @@ from ..types import Message
 log = logging.getLogger("sorat.sessions")
 
 FORMAT = 1  # of the .jsonl files
-META_FORMAT = 2  # of the .json files
-OUTDATED_META = 1  # its lookup hashed more: listed as it is, rebuilt in the background
+META_FORMAT = 3  # of the .json files
+# Formats whose lookup hashed otherwise (1: the system prompt and tool results too; 2: assistant text
+# with its spacing): listed as they are, rebuilt from the messages in the background.
+OUTDATED_META = frozenset({1, 2})
 INDEX = ".index.sqlite3"
 CLEAN = ".clean"
 
@@ -194,7 +197,7 @@ def meta_row(key: str, meta: dict[str, Any] | None, size: int | None) -> tuple[A
     the length of its ``.jsonl``)."""
     if (
         meta is None
-        or meta.get("format") not in (META_FORMAT, OUTDATED_META)
+        or (meta.get("format") != META_FORMAT and meta.get("format") not in OUTDATED_META)
         or meta.get("size") != (size or 0)
     ):
         return None
