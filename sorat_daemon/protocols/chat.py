@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from sorat_daemon import agent, errors, wire
-from sorat_daemon.protocols.resent import Parsed, Resent
+from sorat_daemon.protocols.resent import Resent, parse_object
 from sorat_daemon.types import JSON, Message
 
 if TYPE_CHECKING:
@@ -133,7 +133,7 @@ def _check_tools(tools: Any) -> list[JSON]:
 def parse_chat_request(body: bytes, resent: Resent | None = None) -> ChatRequest:
     """A client's POST /v1/chat/completions body, checked; errors.RequestError (400) names the bad field.
     With ``resent``, a body that resends an earlier one's messages has only its new ones read."""
-    parsed = resent.object(body) if resent is not None else Parsed(wire.json_object(body))
+    parsed = parse_object(body, resent)
     data = parsed.data
     messages = data.get("messages")
     if messages is None:

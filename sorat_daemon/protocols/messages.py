@@ -37,7 +37,7 @@ import orjson
 from sorat_daemon import wire
 from sorat_daemon.agent import ROUND_SEPARATOR
 from sorat_daemon.errors import RequestError
-from sorat_daemon.protocols.resent import Parsed, Resent
+from sorat_daemon.protocols.resent import Resent, parse_object
 from sorat_daemon.types import JSON, Message
 
 # Claude Code asks 32 000-64 000 tokens per answer; many providers refuse more than their model's output
@@ -326,18 +326,20 @@ class _Conversion:
         return list(self.out)
 
 
-def convert_messages(system: Any, messages: Any, prior: Any = None) -> tuple[list[Message], Any]:
+def convert_messages(
+    system: Any, messages: Any, prior: Any = None, same: int = 0
+) -> tuple[list[Message], Any]:
     """Anthropic's ``system`` and ``messages`` as chat messages, one leading system message first; and
     what to go on from when the same messages come again with more (``prior``: that, from an earlier
-    call with the same ``system`` and at least its first messages the same: only the rest is read)."""
+    call with the same ``system`` whose first ``same`` messages are these: only the rest is read)."""
     if not isinstance(messages, list):
         raise _bad("'messages' must be an array", "messages")
     if isinstance(prior, _Conversion):
-        state = prior.copy(min(prior.count, len(messages)))
+        state = prior.copy(min(same, len(messages)))
     else:
         state = _Conversion(_system_text(system, "system") if system is not None else [])
     state.read(messages)
-    return state.result(), state.copy()
+    return state.result(), state  # ``result`` is a list of its own: ``state`` is only read from again
 
 
 def _tools(tools: Any) -> tuple[list[JSON], list[str]]:
@@ -399,7 +401,7 @@ def parse_messages_request(body: bytes, resent: Resent | None = None) -> Message
     """A client's POST /v1/messages body, checked; errors.RequestError (400) names the bad field. With
     ``resent``, a body that resends an earlier one's messages (Claude Code, every turn) has only its new
     ones read."""
-    parsed = resent.object(body) if resent is not None else Parsed(_load(body))
+    parsed = parse_object(body, resent)
     data = parsed.data
     if "messages" not in data:
         raise _bad("Missing required parameter: 'messages'", "messages")
@@ -409,8 +411,7 @@ def parse_messages_request(body: bytes, resent: Resent | None = None) -> Message
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise _bad("'max_tokens' must be a positive integer", "max_tokens")
     system = data.get("system")
-    prior = parsed.prior.copy(parsed.reused) if isinstance(parsed.prior, _Conversion) else None
-    messages, read = convert_messages(system, data["messages"], prior)
+    messages, read = convert_messages(system, data["messages"], parsed.prior, parsed.reused)
     parsed.keep(read)
     if not any(m["role"] != "system" for m in messages):
         raise _bad("'messages' must hold at least one user or assistant message", "messages")

@@ -163,6 +163,11 @@ class Resent:
         return entry
 
 
+def parse_object(body: bytes, resent: Resent | None) -> Parsed:
+    """A request body that must be a JSON object (``wire.json_object``), through ``resent`` if given."""
+    return resent.object(body) if resent is not None else Parsed(wire.json_object(body))
+
+
 def _elements(raw: bytes) -> list[Any] | None:
     """``raw`` as a non-empty run of array elements, or None."""
     try:

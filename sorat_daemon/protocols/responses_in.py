@@ -11,9 +11,8 @@ from typing import Any
 
 import orjson
 
-from sorat_daemon import wire
 from sorat_daemon.errors import RequestError
-from sorat_daemon.protocols.resent import Parsed, Resent
+from sorat_daemon.protocols.resent import Resent, parse_object
 from sorat_daemon.protocols.responses_items import (
     NAMESPACE_SEP,
     ClientTool,
@@ -218,7 +217,7 @@ def _conversation(value: Any) -> str | None:
 def parse_request(body: bytes, resent: Resent | None = None) -> ResponsesRequest:
     """A client's POST /v1/responses body, checked; RequestError (400) names the bad field. With
     ``resent``, a body that resends an earlier one's items (Codex, every turn) has only its new ones read."""
-    parsed = resent.object(body) if resent is not None else Parsed(wire.json_object(body))
+    parsed = parse_object(body, resent)
     data = parsed.data
     if data.get("background") is True:
         raise _bad("background responses are not supported by sorat; leave 'background' out", "background")
@@ -241,9 +240,7 @@ def parse_request(body: bytes, resent: Resent | None = None) -> ResponsesRequest
     else:
         raise _bad("'input' must be a string or an array of items", "input")
     prior = parsed.prior if isinstance(parsed.prior, ItemsRead) else None
-    if prior is not None and prior.count != parsed.reused:
-        prior = None
-    system, messages, orphans, read = read_items(items, prior=prior)
+    system, messages, orphans, read = read_items(items, prior=prior, same=parsed.reused)
     parsed.keep(read)
     instructions = data.get("instructions")
     if isinstance(instructions, str):

@@ -278,11 +278,12 @@ def parse_items(items: Iterable[Any], where: str = "input") -> tuple[list[str], 
 
 
 def read_items(
-    items: list[Any], where: str = "input", prior: ItemsRead | None = None
+    items: list[Any], where: str = "input", prior: ItemsRead | None = None, same: int = 0
 ) -> tuple[list[str], list[Message], list[str], ItemsRead]:
-    """``parse_items``, going on from ``prior`` (what an earlier call made of these same first items:
-    a client resending its history has only its new items read), and what to go on from next time."""
-    if prior is not None and prior.count <= len(items):
+    """``parse_items``, going on from ``prior`` (what an earlier call made of its items) when the first
+    ``same`` items are those and no others (a client resending its history has only its new items read),
+    and what to go on from next time."""
+    if prior is not None and prior.count == same <= len(items):
         state, start = prior._state.copy(), prior.count
     else:
         state, start = _Items(), 0

@@ -197,7 +197,7 @@ def _joined(first: Message, second: Message) -> Message:
 
 class Request:
     """A request's messages, read once: system and developer messages apart from the conversation (each
-    with its place in it), where the conversation's new tail starts, its tool calls and results; each
+    with its place in it), where the conversation's new tail starts, its tool results; each
     message's form only when a comparison needs it (a message equal to the stored one as sent, the common
     case of a client resending its history, is never formed), and, only when a lookup in the index needs
     it, the hash of the conversation before that tail."""
@@ -208,7 +208,6 @@ class Request:
         "conversation",
         "results",
         "split",
-        "matched",
         "_keys",
         "_lookup",
     )
@@ -229,7 +228,6 @@ class Request:
                 self.results[len(conversation)] = message.get("tool_call_id")
             conversation.append(message)
         self.split = split_tail(conversation)
-        self.matched: tuple[History, int] | None = None  # a history its conversation matched, at a version
         self._keys: list[bytes | None] = [None] * len(conversation)  # the conversation's forms, when made
         self._lookup: str | None = None
 
@@ -313,7 +311,6 @@ class History:
         self._prefix = hashlib.sha256()  # over the forms of shown[:-1]
         self._stale = False  # the prefix lost messages (a cut): redone from the forms when next needed
         self._lookup: str | None = None
-        self.version = 0  # counts the changes to what is derived: a request's comparison holds until then
 
     @property
     def message_count(self) -> int:
@@ -324,7 +321,6 @@ class History:
         self.records.append(record)
         self.next_seq = max(self.next_seq, record.seq + 1)
         self.turns = max(self.turns, record.turn)
-        self.version += 1
         self._derive(record)
 
     def superseded(self, plan: Plan) -> list[int]:
@@ -337,7 +333,6 @@ class History:
     def supersede(self, plan: Plan) -> None:
         """Marks what ``plan`` supersedes: the old system prompt, an edit's cut. The visible messages
         before a cut keep their forms: only the hash is redone, from them."""
-        self.version += 1
         if plan.system_cut is not None:
             for record in self.system[plan.system_cut :]:
                 record.superseded = True
@@ -428,10 +423,7 @@ class History:
     def matches(self, request: Request) -> bool:
         """Whether the request's conversation before its tail is exactly the visible conversation."""
         order = request.kept(self.internal, request.split)
-        if len(order) != len(self.shown) or self._common(request, order) != len(order):
-            return False
-        request.matched = (self, self.version)  # ``plan`` on this history, unchanged, needs no comparison
-        return True
+        return len(order) == len(self.shown) and self._common(request, order) == len(order)
 
     def plan(self, request: Request) -> Plan:
         """SPEC's three cases, for the conversation: the request resends everything (only its new tail is
@@ -440,11 +432,7 @@ class History:
         conversation, internal tool traffic included, goes in front). The system prompt apart."""
         shown = self.shown
         order = request.kept(self.internal, len(request.conversation))
-        matched = request.matched
-        if matched is not None and matched[0] is self and matched[1] == self.version:
-            k = len(shown)  # ``matches`` compared them, and nothing changed since
-        else:
-            k = self._common(request, order)
+        k = self._common(request, order)  # after ``matches``, a pointer compare per message
         if k == len(shown) or k == 0:
             used, cut, stored = k, None, self.conversation
         else:  # the cut falls after the last shared message: a superseded answer's tool traffic goes too
