@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import orjson
@@ -17,33 +16,7 @@ from sorat_daemon.types import Delta, ModelCall
 from tests.provider_helpers import CALL, KEY, USAGE, USER, closed_port, collect, provider, summary
 from tests.upstream import Upstream, raw, text, tool_calls
 
-
-@pytest.fixture(scope="module")
-def _server() -> Iterator[Upstream]:
-    with Upstream() as server:
-        yield server
-
-
-@pytest.fixture
-def up(_server: Upstream) -> Upstream:
-    _server.reset()
-    return _server
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[Http]:
-    http = Http()
-    yield http
-    await http.aclose()
-
-
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """No proxy settings from the outside."""
-    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
-    return monkeypatch
+pytest_plugins = ["tests.provider_fixtures"]  # _server, up, client, env
 
 
 # --- streams: the text path and every quirk --------------------------------------------------------

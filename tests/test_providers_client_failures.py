@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
 
 import orjson
 import pytest
@@ -27,24 +26,7 @@ from tests.provider_helpers import (
 )
 from tests.upstream import Reply, Upstream, error, html, raw, stream_error, text
 
-
-@pytest.fixture(scope="module")
-def _server() -> Iterator[Upstream]:
-    with Upstream() as server:
-        yield server
-
-
-@pytest.fixture
-def up(_server: Upstream) -> Upstream:
-    _server.reset()
-    return _server
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[Http]:
-    http = Http()
-    yield http
-    await http.aclose()
+pytest_plugins = ["tests.provider_fixtures"]  # _server, up, client, env
 
 
 # --- errors -----------------------------------------------------------------------------------------

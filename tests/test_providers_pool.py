@@ -16,23 +16,13 @@ from sorat_daemon.types import ModelCall
 from tests.provider_helpers import CALL, KEY, USER, closed_port, collect, silent_server, summary
 from tests.upstream import Upstream, error, stream_error
 
-
-@pytest.fixture(scope="module")
-def _server() -> Iterator[Upstream]:
-    with Upstream() as server:
-        yield server
+pytest_plugins = ["tests.provider_fixtures"]  # _server, up, client, env
 
 
 @pytest.fixture(scope="module")
 def _server2() -> Iterator[Upstream]:
     with Upstream(models=["llama3", "qwen3"]) as server:
         yield server
-
-
-@pytest.fixture
-def up(_server: Upstream) -> Upstream:
-    _server.reset()
-    return _server
 
 
 @pytest.fixture

@@ -11,14 +11,7 @@ from multidict import CIMultiDict
 
 from sorat_daemon.providers.transport import retry_after, route, tls_context
 
-
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """No proxy settings from the outside."""
-    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
-    return monkeypatch
+pytest_plugins = ["tests.provider_fixtures"]  # _server, up, client, env
 
 
 def test_retry_after_parsing() -> None:
