@@ -23,6 +23,8 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusSignature, DBusStr, DBusUInt32
 from dbus_fast.service import ServiceInterface, dbus_method
 
+from tests.desktop.procs import stop
+
 DBUS_DAEMON = shutil.which("dbus-daemon")
 WATCHER = "org.kde.StatusNotifierWatcher"
 DEADLINE_S = 15.0
@@ -122,19 +124,6 @@ class Lines:
                 if left <= 0:
                     raise AssertionError(f"no line {wanted!r} within {timeout:g} s in {self.seen}")
                 self.changed.wait(left)
-
-
-def stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    for stream in (proc.stdin, proc.stdout, proc.stderr):
-        if stream:
-            stream.close()
 
 
 @contextlib.contextmanager

@@ -43,6 +43,8 @@ from Xlib import X, display  # noqa: E402
 from Xlib.ext import xtest  # noqa: E402
 from Xlib.xobject.drawable import Window  # noqa: E402
 
+from tests.desktop.procs import stop  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
 SCREEN = (480, 320)  # room for a menu below the tray
 PANEL_HEIGHT = 40
@@ -153,19 +155,6 @@ def wait_for(
                 found += "".join(f"\n--- {p.name}:\n{p.read_text()}" for p in sorted(logs.glob("*.log")))
             raise AssertionError(f"timed out waiting for {what}{found}")
         pause.wait(0.05)
-
-
-def stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    for stream in (proc.stdin, proc.stdout, proc.stderr):
-        if stream:
-            stream.close()
 
 
 @dataclass
